@@ -1,0 +1,95 @@
+"""The `lamini` command: parse arguments, build the stage's config, call the stage.
+
+Thin on purpose: everything that does work lives in the library, and importing this module
+loads no torch, transformers, vllm or deepspeed (`lamini --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+from lamini.config import ResponsesConfig, load_config
+
+# subcommand -> (config class, "module:function" that takes the config and returns a summary)
+STAGES: dict[str, tuple[type, str, str]] = {
+    "responses": (
+        ResponsesConfig,
+        "lamini.generate.responses:run_responses",
+        "Teacher responses for whole instruction corpora (resumable; paper section 3.2).",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lamini", description="Distil a teacher LLM into small students on Ray.")
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name, (_, _, help_text) in STAGES.items():
+        s = sub.add_parser(name, help=help_text, description=help_text)
+        add_stage_arguments(s)
+    return p
+
+
+def add_stage_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", "-c", help="YAML config for the stage (see configs/).")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config field, dotted path, YAML value (e.g. --set teacher.max_in_flight=32). Repeatable.",
+    )
+    s.add_argument("--limit", type=int, help="Process at most this many rows (shortcut for --set limit=N).")
+    s.add_argument("--run-dir", help="Run directory (shortcut for --set run_dir=...).")
+    s.add_argument("--json", action="store_true", help="Print the summary as JSON instead of one line.")
+    s.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    overrides = list(args.overrides)
+    if args.limit is not None:
+        overrides.append(f"limit={args.limit}")
+    if args.run_dir is not None:
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(cls, args.config, overrides)
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> Any:
+    cls, ref, _ = STAGES[stage]
+    cfg = config_from_args(cls, args)
+    module, fn = ref.split(":")
+    return getattr(importlib.import_module(module), fn)(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        summary = run_stage(args.stage, args)
+    except Exception as e:  # a clear one-line error for config and input problems
+        from pydantic import ValidationError
+
+        from lamini.corpus import CorpusError
+
+        if isinstance(e, (ValidationError, CorpusError, FileNotFoundError, ValueError)):
+            print(f"lamini {args.stage}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(summary), indent=2))
+    else:
+        print(summary.line())
+    return 0 if summary.missing == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

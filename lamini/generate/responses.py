@@ -1,0 +1,197 @@
+"""`lamini responses`: the teacher's response to every instruction of whole corpora.
+
+This is the paper's sequence-distillation step (LaMini-LM section 3.2). The plan is
+
+    corpus readers (driver) -> ray.data.from_arrow (blocks of `rows_per_block`)
+      -> map_batches over an autoscaling teacher actor pool -> write_parquet(run_dir/shards)
+
+then a finalize step that writes exactly one row per input id to `dataset/`. Re-running
+the same command resumes: only ids with no result yet (and, with `retry_errors`, ids whose
+last attempt failed) are sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lamini.config import ResponsesConfig
+from lamini.runs import manifest as mf
+from lamini.runs.rundir import RunDir
+from lamini.runs.shards import SHARDS, finalize, scan_shards
+
+log = logging.getLogger(__name__)
+
+# Columns this stage reads from the corpus table (lamini.corpus.CORPUS_SCHEMA).
+READS = ("id", "instruction", "input", "prompt", "response", "source", "subset", "origin")
+
+
+@dataclass
+class ResponsesSummary:
+    """What one invocation did, and where the run as a whole stands."""
+
+    run_dir: str
+    attempt_id: str
+    input_rows: int
+    rejects: int
+    rejects_by_reason: dict[str, int]
+    already_done: int
+    sent: int
+    ok: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    missing: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    pipeline_s: float
+    wall_s: float
+    sent_per_s: float = field(default=0.0)
+
+    def line(self) -> str:
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_kind.items())) or "none"
+        cost = f" | ~${self.cost_usd:.4f}" if self.cost_usd is not None else ""
+        return (
+            f"responses: {self.input_rows} input rows | {self.ok} ok | {self.errors} errors ({errs}) | "
+            f"{self.rejects} rejects | sent {self.sent} this run ({self.already_done} already done) "
+            f"at {self.sent_per_s:.1f} rows/s | {self.requests} requests | "
+            f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens{cost} | "
+            f"{self.wall_s:.1f} s -> {self.run_dir}/dataset"
+        )
+
+
+def read_inputs(cfg: ResponsesConfig, run: RunDir):
+    """Read every corpus into one table; rejects go to run_dir/rejects.jsonl."""
+    from lamini.corpus import RejectLog, read_corpora
+
+    rejects = RejectLog()
+    table = read_corpora(cfg.corpora, on_error=cfg.on_error, rejects=rejects, limit=cfg.limit)
+    rejects.write(run.uri_of("rejects.jsonl"))
+    missing = [c for c in READS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"corpus table lacks columns {missing}")
+    return table.select(list(READS)).rename_columns(
+        ["reference_response" if c == "response" else c for c in READS]
+    ), rejects
+
+
+def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    # Slicing on the driver gives Ray Data ready-made blocks: no repartition shuffle, and each
+    # block becomes one shard file as soon as its rows are answered (the unit lost on a kill).
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
+
+
+def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
+    """Run (or resume) the responses stage described by `cfg`; returns the summary."""
+    import ray
+
+    from lamini.runs.ray_env import init_ray
+    from lamini.teachers import teacher_stage
+
+    t0 = time.time()
+    attempt_id = uuid.uuid4().hex[:12]
+    run = RunDir(cfg.run_dir)
+    table, rejects = read_inputs(cfg, run)
+    input_ids = set(table.column("id").to_pylist())
+
+    done = scan_shards(run)
+    skip = done.ok if cfg.retry_errors else (done.ok | done.failed)
+    pending = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(skip), pa.string()))))
+    already_done = table.num_rows - pending.num_rows
+    log.info("%d input rows, %d already answered, %d to send", table.num_rows, already_done, pending.num_rows)
+
+    manifest = run.read_json("manifest.json", default={}) or {}
+    attempts = manifest.get("attempts", [])
+
+    t_pipe = time.time()
+    if pending.num_rows:
+        init_ray(cfg.ray)
+        t_pipe = time.time()  # rows/s of the pipeline itself, not of starting Ray
+        ds = ray.data.from_arrow(_blocks(pending, cfg.pipeline.rows_per_block))
+        stage = teacher_stage(cfg.teacher)
+        ds = stage(ds, cfg.teacher, cfg.generation, cfg.system_prompt, cfg.pipeline)
+        ds.write_parquet(run.uri_of(SHARDS))
+    pipeline_s = time.time() - t_pipe
+
+    counts = finalize(run, input_ids)
+    cost = mf.estimate_cost(cfg.teacher, counts.prompt_tokens, counts.completion_tokens)
+    summary = ResponsesSummary(
+        run_dir=run.uri,
+        attempt_id=attempt_id,
+        input_rows=table.num_rows,
+        rejects=rejects.count,
+        rejects_by_reason=rejects.by_reason(),
+        already_done=already_done,
+        sent=pending.num_rows,
+        ok=counts.ok,
+        errors=counts.errors,
+        errors_by_kind=counts.errors_by_kind,
+        missing=counts.missing,
+        requests=counts.requests,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        cost_usd=cost,
+        pipeline_s=round(pipeline_s, 3),
+        wall_s=round(time.time() - t0, 3),
+        sent_per_s=round(pending.num_rows / pipeline_s, 2) if pending.num_rows and pipeline_s > 0 else 0.0,
+    )
+    attempts.append(
+        {
+            "attempt_id": attempt_id,
+            "started_at": t0,
+            "wall_s": summary.wall_s,
+            "sent": summary.sent,
+            "already_done": already_done,
+            "sent_per_s": summary.sent_per_s,
+        }
+    )
+    _write_manifest(run, cfg, summary, attempts)
+    return summary
+
+
+def _teacher_description(teacher_cfg: Any) -> dict[str, Any]:
+    # The config itself describes the teacher; building the teacher here (loading a model)
+    # only for the manifest would cost more than the information is worth.
+    d = teacher_cfg.model_dump(mode="json")
+    from lamini.teachers.actors import teacher_label
+
+    d["label"] = teacher_label(teacher_cfg)
+    return d
+
+
+def _write_manifest(run: RunDir, cfg: ResponsesConfig, s: ResponsesSummary, attempts: list) -> None:
+    manifest = {
+        "stage": "responses",
+        "run_dir": run.uri,
+        "config": cfg.model_dump(mode="json"),
+        "teacher": _teacher_description(cfg.teacher),
+        "counts": {
+            "input_rows": s.input_rows,
+            "ok": s.ok,
+            "errors": s.errors,
+            "errors_by_kind": s.errors_by_kind,
+            "missing": s.missing,
+            "rejects": s.rejects,
+            "rejects_by_reason": s.rejects_by_reason,
+            "requests": s.requests,
+        },
+        "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+        "estimated_cost_usd": s.cost_usd,
+        "wall_time_s": round(sum(a["wall_s"] for a in attempts), 3),
+        "attempts": attempts,
+        "last_summary": asdict(s),
+        "environment": mf.environment(),
+        "outputs": {
+            "responses": run.uri_of("dataset", "responses.parquet"),
+            "errors": run.uri_of("dataset", "errors.parquet"),
+            "rejects": run.uri_of("rejects.jsonl"),
+        },
+    }
+    run.write_text("manifest.json", mf.dumps(manifest, cfg.teacher))

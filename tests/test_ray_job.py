@@ -1,0 +1,93 @@
+"""`ray job submit` against a Ray started with `ray start --head` on 127.0.0.1.
+
+This Ray has its own --temp-dir and ports, and is stopped by its own PIDs: `ray stop` would
+end every Ray on the machine (other tests', a user's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import ROOT, shared_data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.mark.slow
+def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
+    import psutil
+
+    seeds = shared_data("self_instruct_seed_tasks.jsonl")
+    temp_dir = Path("/tmp") / f"lamini-job-{os.getpid()}"
+    gcs_port, dash_port = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LAMINI_TEST_API_KEY="unused")
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(
+        [_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+         "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        run_dir = tmp_path / "run"
+        cfg = {
+            "run_dir": str(run_dir),
+            "corpora": [{"format": "self_instruct", "path": str(seeds), "source": "self_instruct"}],
+            "teacher": {"backend": "openai", "model": "fake", "base_url": fake_openai.url,
+                        "api_key_env": "LAMINI_TEST_API_KEY", "backoff_base_s": 0.01},
+            "generation": {"max_tokens": 8},
+            "pipeline": {"rows_per_block": 50},
+        }
+        cfg_path = tmp_path / "job.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        submit = subprocess.run(
+            [_ray_bin(), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".",
+             "--runtime-env-json", json.dumps({"env_vars": {"LAMINI_TEST_API_KEY": "unused", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+             "--", "python", "ray_jobs/responses.py", "--config", str(cfg_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "SUCCEEDED" in submit.stdout + submit.stderr
+        ok = pq.read_table(run_dir / "dataset" / "responses.parquet")
+        n_seed_rows = sum(len(json.loads(l)["instances"]) for l in seeds.read_text().splitlines() if l.strip())
+        assert ok.num_rows == n_seed_rows == len(set(ok.column("id").to_pylist()))
+        assert fake_openai.stats()["requests"] == n_seed_rows
+    finally:
+        # Stop only this Ray: every process whose command line names its temp dir or ports.
+        # Workers rename themselves (ray::IDLE), so take the descendants of the matches too.
+        marks = (str(temp_dir), f"{gcs_port}")
+        victims = set()
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(m in cmd for m in marks) and p.pid != os.getpid():
+                victims.add(p.pid)
+                try:
+                    victims |= {c.pid for c in p.children(recursive=True)}
+                except psutil.NoSuchProcess:
+                    pass
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
