@@ -13,7 +13,14 @@ import logging
 import sys
 from typing import Any
 
-from lamini.config import ResponsesConfig, load_config
+from lamini.config import (
+    AnalyzeConfig,
+    DatasetConfig,
+    InstructionsConfig,
+    ResponsesConfig,
+    ToxicityConfig,
+    load_config,
+)
 
 # subcommand -> (config class, "module:function" that takes the config and returns a summary)
 STAGES: dict[str, tuple[type, str, str]] = {
@@ -22,19 +29,45 @@ STAGES: dict[str, tuple[type, str, str]] = {
         "lamini.generate.responses:run_responses",
         "Teacher responses for whole instruction corpora (resumable; paper section 3.2).",
     ),
+    "instructions": (
+        InstructionsConfig,
+        "lamini.generate.instructions:run_instructions",
+        "Generate new instructions from seeds, example- and topic-guided, filtered (paper section 3.1).",
+    ),
+    "dataset": (
+        DatasetConfig,
+        "lamini.generate.dataset:run_dataset",
+        "The whole section 3: generate, respond, filter, deduplicate, assemble D_ALL, analyse.",
+    ),
+    "filter-toxic": (
+        ToxicityConfig,
+        "lamini.generate.toxicity:run_filter_toxic",
+        "Score instruction and response with detoxify on Ray actors; drop rows above a threshold.",
+    ),
+    "analyze": (
+        AnalyzeConfig,
+        "lamini.analysis.report:run_analyze",
+        "Report Tables 1-2 (token statistics, MATTR) and Figure 2 (t-SNE) for a run or dataset.",
+    ),
 }
+
+# Stages whose one required input can be given positionally: `lamini analyze RUN_DIR`.
+POSITIONAL = {"analyze": ("input", "Run directory or LaMini-schema Parquet file/folder to analyse.")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lamini", description="Distil a teacher LLM into small students on Ray.")
     sub = p.add_subparsers(dest="stage", required=True)
-    for name, (_, _, help_text) in STAGES.items():
+    for name, (cls, _, help_text) in STAGES.items():
         s = sub.add_parser(name, help=help_text, description=help_text)
-        add_stage_arguments(s)
+        if name in POSITIONAL:
+            field, field_help = POSITIONAL[name]
+            s.add_argument(field, nargs="?", help=field_help)
+        add_stage_arguments(s, cls)
     return p
 
 
-def add_stage_arguments(s: argparse.ArgumentParser) -> None:
+def add_stage_arguments(s: argparse.ArgumentParser, cls: type) -> None:
     s.add_argument("--config", "-c", help="YAML config for the stage (see configs/).")
     s.add_argument(
         "--set",
@@ -44,17 +77,22 @@ def add_stage_arguments(s: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="Override a config field, dotted path, YAML value (e.g. --set teacher.max_in_flight=32). Repeatable.",
     )
-    s.add_argument("--limit", type=int, help="Process at most this many rows (shortcut for --set limit=N).")
-    s.add_argument("--run-dir", help="Run directory (shortcut for --set run_dir=...).")
+    if "limit" in cls.model_fields:
+        s.add_argument("--limit", type=int, help="Process at most this many rows (shortcut for --set limit=N).")
+    if "run_dir" in cls.model_fields:
+        s.add_argument("--run-dir", help="Run directory (shortcut for --set run_dir=...).")
     s.add_argument("--json", action="store_true", help="Print the summary as JSON instead of one line.")
     s.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     overrides = list(args.overrides)
-    if args.limit is not None:
+    for field, _ in POSITIONAL.values():
+        if getattr(args, field, None) is not None:
+            overrides.append(f"{field}={getattr(args, field)}")
+    if getattr(args, "limit", None) is not None:
         overrides.append(f"limit={args.limit}")
-    if args.run_dir is not None:
+    if getattr(args, "run_dir", None) is not None:
         overrides.append(f"run_dir={args.run_dir}")
     return load_config(cls, args.config, overrides)
 
@@ -88,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(summary.line())
-    return 0 if summary.missing == 0 else 1
+    return 0 if getattr(summary, "missing", 0) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,7 +68,8 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
-        assert "SUCCEEDED" in submit.stdout + submit.stderr
+        text = re.sub(r"\x1b\[[0-9;]*m", "", submit.stdout + submit.stderr)
+        assert re.search(r"Job 'raysubmit_\w+' succeeded", text), text[-3000:]
         ok = pq.read_table(run_dir / "dataset" / "responses.parquet")
         n_seed_rows = sum(len(json.loads(l)["instances"]) for l in seeds.read_text().splitlines() if l.strip())
         assert ok.num_rows == n_seed_rows == len(set(ok.column("id").to_pylist()))

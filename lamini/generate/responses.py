@@ -18,13 +18,10 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from lamini.config import ResponsesConfig
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
-from lamini.runs.shards import SHARDS, finalize, scan_shards
+from lamini.generate.teacher_run import answer_table
 
 log = logging.getLogger(__name__)
 
@@ -82,45 +79,27 @@ def read_inputs(cfg: ResponsesConfig, run: RunDir):
     ), rejects
 
 
-def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
-    # Slicing on the driver gives Ray Data ready-made blocks: no repartition shuffle, and each
-    # block becomes one shard file as soon as its rows are answered (the unit lost on a kill).
-    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
-
-
 def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
     """Run (or resume) the responses stage described by `cfg`; returns the summary."""
-    import ray
-
-    from lamini.runs.ray_env import init_ray
-    from lamini.teachers import teacher_stage
-
     t0 = time.time()
     attempt_id = uuid.uuid4().hex[:12]
     run = RunDir(cfg.run_dir)
     table, rejects = read_inputs(cfg, run)
-    input_ids = set(table.column("id").to_pylist())
-
-    done = scan_shards(run)
-    skip = done.ok if cfg.retry_errors else (done.ok | done.failed)
-    pending = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(skip), pa.string()))))
-    already_done = table.num_rows - pending.num_rows
-    log.info("%d input rows, %d already answered, %d to send", table.num_rows, already_done, pending.num_rows)
-
     manifest = run.read_json("manifest.json", default={}) or {}
     attempts = manifest.get("attempts", [])
 
-    t_pipe = time.time()
-    if pending.num_rows:
-        init_ray(cfg.ray)
-        t_pipe = time.time()  # rows/s of the pipeline itself, not of starting Ray
-        ds = ray.data.from_arrow(_blocks(pending, cfg.pipeline.rows_per_block))
-        stage = teacher_stage(cfg.teacher)
-        ds = stage(ds, cfg.teacher, cfg.generation, cfg.system_prompt, cfg.pipeline)
-        ds.write_parquet(run.uri_of(SHARDS))
-    pipeline_s = time.time() - t_pipe
-
-    counts = finalize(run, input_ids)
+    done = answer_table(
+        table,
+        run,
+        teacher=cfg.teacher,
+        generation=cfg.generation,
+        system_prompt=cfg.system_prompt,
+        pipeline=cfg.pipeline,
+        ray_cfg=cfg.ray,
+        retry_errors=cfg.retry_errors,
+    )
+    counts, already_done, pipeline_s = done.counts, done.already_done, done.pipeline_s
+    pending_rows = done.sent
     cost = mf.estimate_cost(cfg.teacher, counts.prompt_tokens, counts.completion_tokens)
     summary = ResponsesSummary(
         run_dir=run.uri,
@@ -129,7 +108,7 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
         rejects=rejects.count,
         rejects_by_reason=rejects.by_reason(),
         already_done=already_done,
-        sent=pending.num_rows,
+        sent=pending_rows,
         ok=counts.ok,
         errors=counts.errors,
         errors_by_kind=counts.errors_by_kind,
@@ -140,7 +119,7 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
         cost_usd=cost,
         pipeline_s=round(pipeline_s, 3),
         wall_s=round(time.time() - t0, 3),
-        sent_per_s=round(pending.num_rows / pipeline_s, 2) if pending.num_rows and pipeline_s > 0 else 0.0,
+        sent_per_s=done.sent_per_s,
     )
     attempts.append(
         {

@@ -76,6 +76,16 @@ class _TeacherUDFBase:
         self.system_prompt = system_prompt
         self.label = teacher_label(teacher_cfg)
 
+    def __del__(self):
+        # Ray Data deletes the UDF when it shuts the pool down: close HTTP clients and models
+        # cleanly instead of leaving aiohttp to warn about unclosed sessions.
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None:
+            try:
+                teacher.close()
+            except Exception:  # noqa: BLE001 - shutting down; nothing useful to do with it
+                pass
+
     def _requests(self, batch: pa.Table) -> list:
         return [build_request(p, self.system_prompt, self.gen) for p in batch.column("prompt").to_pylist()]
 

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,51 @@ def _error_body(message: str, kind: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
 
 
+_GENERATE = re.compile(r"Generate (\d+) diverse examples")
+_EXAMPLE = re.compile(r"<example>(.*?)</example>", re.S)
+_TOPICS = re.compile(r'with the topics? "([^"]*)"')
+_VERBS = ["Explain", "Describe", "List", "Summarize", "Compare", "Suggest", "Write", "Classify", "Rewrite", "Plan"]
+_ADJS = ["simple", "practical", "creative", "short", "detailed", "friendly", "formal", "surprising", "useful", "clear"]
+_NOUNS = ["recipe", "poem", "email", "strategy", "story", "argument", "schedule", "checklist", "riddle", "slogan",
+          "review", "lesson", "budget", "itinerary", "proof", "analogy", "headline", "dialogue", "question", "tip"]
+_THEMES = ["saving energy at home", "learning a language", "remote work", "healthy breakfasts", "black holes",
+           "team meetings", "city cycling", "ancient Rome", "job interviews", "houseplants", "sleep", "chess openings",
+           "volcanoes", "public speaking", "composting", "budget travel", "the water cycle", "time management"]
+
+
+def _generation_reply(prompt: str) -> str | None:
+    """A teacher-like answer to an instruction-generation prompt (Figures 6/7 of LaMini-LM):
+    N `<example>` blocks, deterministic per prompt, with the flaws real teachers show now and
+    then (a copy of a prompt example, a blacklisted word, a repeat) so filters have work."""
+    m = _GENERATE.search(prompt)
+    if not m:
+        return None
+    n = int(m.group(1))
+    rng = random.Random(zlib.crc32(prompt.encode()))
+    shown = [e.strip() for e in _EXAMPLE.findall(prompt)]
+    t = _TOPICS.search(prompt)
+    themes = [x.strip() for x in t.group(1).split(",")] if t else _THEMES
+    out = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.05 and shown:
+            text = rng.choice(shown)  # parrots an example: a near-duplicate of a seed
+        elif r < 0.10:
+            text = f"Draw a diagram of a {rng.choice(_NOUNS)} about {rng.choice(themes)}."  # blacklisted
+        elif r < 0.15 and out:
+            text = out[-1]  # repeats itself
+        else:
+            text = (f"{rng.choice(_VERBS)} a {rng.choice(_ADJS)} {rng.choice(_NOUNS)} about {rng.choice(themes)} "
+                    f"for {rng.choice(['a child', 'a manager', 'a student', 'a tourist', 'a chef', 'a nurse'])} "
+                    f"in {rng.randint(2, 9)} {rng.choice(['steps', 'sentences', 'bullet points', 'lines'])} "
+                    f"(variant {rng.randint(0, 10**6)}).")
+        out.append(text)
+    return "\n".join(f"<example>{x}</example>" for x in out)
+
+
 def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
-    words = ("echo: " + prompt).split()
+    generated = _generation_reply(prompt)
+    words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
     finish = "stop"
     if len(words) > max_tokens:

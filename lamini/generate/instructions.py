@@ -1,0 +1,309 @@
+"""`lamini instructions`: new instructions from seed corpora, in rounds, until targets are met.
+
+Paper section 3.1. Each round, for every source still short of its target, prompts are built
+(example-guided, Figure 6, or topic-guided, Figure 7), answered by the teacher through the
+same resumable Ray Data core as responses, parsed, filtered (exact dedup, length, blacklist,
+language/garbage, then near-duplicates at ROUGE-L > 0.7 against the seeds and every accepted
+instruction), and the accepted ones are recorded. Generation stops when every source has its
+target or the budget (rounds, requests, tokens) runs out.
+
+Run directory layout (under `instructions/` of the run):
+    round_000/shards, round_000/dataset/responses.parquet   raw teacher outputs (kept for audit)
+    round_000/accepted.parquet                            written last: the round is done
+    round_000/dropped.parquet                             rejected candidates with the reason
+    round_000/report.json                                 parse outcomes and per-filter counts
+A killed run resumes: finished rounds are loaded, the unfinished one re-sends only prompts
+with no output (prompts are rebuilt identically from the recorded seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lamini.runs.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("instruction", pa.string()),
+        ("instruction_source", pa.string()),
+        ("subset", pa.string()),
+        ("round", pa.int64()),
+        ("prompt_id", pa.string()),
+        ("position", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class GenerationState:
+    """Where instruction generation stands: accepted rows per source, spend, per-round reports."""
+
+    accepted: dict[str, list[dict]] = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)
+    requests: int = 0
+    tokens: int = 0
+    stop_reason: str = ""
+
+    def count(self, name: str) -> int:
+        return len(self.accepted.get(name, []))
+
+    def table(self) -> pa.Table:
+        rows = [r for name in sorted(self.accepted) for r in self.accepted[name]]
+        return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+
+
+def _read_table(run: RunDir, rel: str) -> pa.Table:
+    return pq.read_table(run.path(rel), filesystem=run.fs)
+
+
+def _write_table(run: RunDir, rel: str, table: pa.Table) -> None:
+    # temp name then move: a round's accepted.parquet appearing is what marks the round done
+    tmp = run.path(rel + ".tmp")
+    pq.write_table(table, tmp, filesystem=run.fs)
+    run.fs.move(tmp, run.path(rel))
+
+
+def _load_seeds(specs: list, on_error: str, run: RunDir) -> dict[str, pa.Table]:
+    from lamini.corpus import RejectLog, read_corpus
+
+    rejects = RejectLog()
+    seeds = {s.name: read_corpus(s.seeds, on_error=on_error, rejects=rejects) for s in specs}
+    rejects.write(run.uri_of("seed_rejects.jsonl"))
+    return seeds
+
+
+def _seed_texts(seeds: dict[str, pa.Table]) -> list[str]:
+    texts: list[str] = []
+    for t in seeds.values():
+        texts.extend(t.column("prompt").to_pylist())
+    return list(dict.fromkeys(texts))
+
+
+def _parse_round(outputs: pa.Table, round_no: int) -> tuple[list[dict], dict[str, int]]:
+    """Raw teacher outputs -> candidate rows, in prompt order; counts of parse outcomes."""
+    from lamini.generate.parse import parse_instructions
+
+    outcomes: dict[str, int] = {}
+    cands: list[dict] = []
+    rows = sorted(outputs.to_pylist(), key=lambda r: r["id"])
+    for r in rows:
+        parsed = parse_instructions(r.get("response"), r.get("finish_reason"))
+        outcomes[parsed.reason] = outcomes.get(parsed.reason, 0) + 1
+        if parsed.truncated_dropped:
+            outcomes["truncated_last_dropped"] = outcomes.get("truncated_last_dropped", 0) + 1
+        for i, text in enumerate(parsed.instructions):
+            cands.append(
+                {
+                    "instruction": text,
+                    "instruction_source": r["instruction_source"],
+                    "subset": r.get("subset") or "",
+                    "round": round_no,
+                    "prompt_id": r["id"],
+                    "position": i,
+                }
+            )
+    return cands, outcomes
+
+
+def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str], seen: set[str], specs, filters):
+    """Apply every filter in order; trim each source to its target. Returns kept, dropped, counts."""
+    from lamini.generate.filters import apply_filters
+    from lamini.generate.neardup import near_dup_filter_table
+
+    kept, dropped, counts = apply_filters(cands, "instruction", filters, seen)
+    reference = seed_texts + [r["instruction"] for rows in state.accepted.values() for r in rows]
+    kept, near, near_report = near_dup_filter_table(kept, "instruction", reference, filters)
+    counts["near_duplicate"] = near.num_rows
+    parts = [dropped, near]
+    # Over target: keep the first `missing` of each source, in generation order.
+    keep_rows, over_rows = [], []
+    taken: dict[str, int] = {}
+    targets = {s.name: s.target for s in specs}
+    for r in kept.to_pylist():
+        name = r["instruction_source"]
+        room = targets[name] - state.count(name) - taken.get(name, 0)
+        if room > 0:
+            keep_rows.append(r)
+            taken[name] = taken.get(name, 0) + 1
+        else:
+            over_rows.append({**r, "drop_reason": "over_target"})
+    counts["over_target"] = len(over_rows)
+    if over_rows:
+        parts.append(pa.Table.from_pylist(over_rows))
+    kept = pa.Table.from_pylist(keep_rows, schema=kept.schema) if keep_rows else kept.slice(0, 0)
+    dropped_all = pa.concat_tables([p for p in parts if p.num_rows], promote_options="permissive") if any(
+        p.num_rows for p in parts
+    ) else dropped
+    return kept, dropped_all, counts, near_report
+
+
+def generate_instructions(
+    run: RunDir,
+    *,
+    sources: list,
+    teacher: Any,
+    generation: Any,
+    seed: int,
+    overgenerate: float,
+    filters: Any,
+    budget: Any,
+    on_error: str,
+    pipeline: Any,
+    ray_cfg: Any,
+) -> GenerationState:
+    """Run (or resume) generation rounds in `run` until targets or budget; returns the state."""
+    from lamini.generate.filters import normalize
+    from lamini.generate.prompts import build_prompts
+    from lamini.generate.teacher_run import answer_table
+    from lamini.generate.topics import load_topics
+
+    seeds = _load_seeds(sources, on_error, run)
+    topics = {s.name: load_topics(s.topics) for s in sources if s.mode == "topic"}
+    seed_texts = _seed_texts(seeds)
+    seen = {normalize(t) for t in seed_texts}
+    state = GenerationState(accepted={s.name: [] for s in sources})
+
+    for round_no in range(budget.max_rounds):
+        rdir = f"round_{round_no:03d}"
+        if run.exists(rdir, "accepted.parquet"):  # a finished round: load it, do not redo it
+            acc = _read_table(run, f"{rdir}/accepted.parquet")
+            report = json.loads(run.read_text(f"{rdir}/report.json"))
+            for r in acc.to_pylist():
+                state.accepted.setdefault(r["instruction_source"], []).append(
+                    {k: r[k] for k in CANDIDATE_SCHEMA.names}
+                )
+                seen.add(normalize(r["instruction"]))
+            state.rounds.append(report)
+            state.requests += report["requests"]
+            state.tokens += report["tokens"]
+            continue
+        short = [s for s in sources if state.count(s.name) < s.target]
+        if not short:
+            state.stop_reason = "targets reached"
+            break
+        if budget.max_requests is not None and state.requests >= budget.max_requests:
+            state.stop_reason = "request budget spent"
+            break
+        if budget.max_tokens is not None and state.tokens >= budget.max_tokens:
+            state.stop_reason = "token budget spent"
+            break
+
+        prompt_tables = []
+        for s in short:
+            missing = s.target - state.count(s.name)
+            n_prompts = max(1, math.ceil(missing * overgenerate / s.per_call))
+            if budget.max_requests is not None:
+                n_prompts = min(n_prompts, budget.max_requests - state.requests)
+            prompt_tables.append(
+                build_prompts(s, seeds[s.name], n_prompts, seed=seed, round=round_no, topics=topics.get(s.name))
+            )
+        prompts = pa.concat_tables(prompt_tables)
+        log.info("round %d: %d prompts for %s", round_no, prompts.num_rows, [s.name for s in short])
+        round_run = RunDir(run.uri_of(rdir))
+        done = answer_table(
+            prompts, round_run, teacher=teacher, generation=generation, system_prompt=None,
+            pipeline=pipeline, ray_cfg=ray_cfg,
+        )  # fmt: skip
+        outputs = _read_table(round_run, "dataset/responses.parquet") if round_run.exists(
+            "dataset", "responses.parquet"
+        ) else pa.table({"id": pa.array([], pa.string())})
+        cand_rows, outcomes = _parse_round(outputs, round_no) if outputs.num_rows else ([], {})
+        cands = pa.Table.from_pylist(cand_rows, schema=CANDIDATE_SCHEMA)
+        kept, dropped, counts, near_report = _filter_round(cands, state, seed_texts, seen, sources, filters)
+        for r in kept.to_pylist():
+            state.accepted[r["instruction_source"]].append({k: r[k] for k in CANDIDATE_SCHEMA.names})
+        spent_tokens = done.counts.prompt_tokens + done.counts.completion_tokens
+        report = {
+            "round": round_no,
+            "prompts": prompts.num_rows,
+            "outputs_ok": done.counts.ok,
+            "output_errors": done.counts.errors,
+            "parse_outcomes": outcomes,
+            "candidates": cands.num_rows,
+            "dropped_by_filter": counts,
+            "accepted": kept.num_rows,
+            "accepted_by_source": {s.name: sum(1 for r in kept.to_pylist() if r["instruction_source"] == s.name) for s in sources},
+            "near_dup": {k: v for k, v in near_report.items() if isinstance(v, (int, float, str))},
+            "requests": done.counts.requests,
+            "tokens": spent_tokens,
+        }
+        state.requests += done.counts.requests
+        state.tokens += spent_tokens
+        state.rounds.append(report)
+        if dropped.num_rows:
+            _write_table(run, f"{rdir}/dropped.parquet", dropped)
+        run.write_text(f"{rdir}/report.json", json.dumps(report, indent=2))
+        _write_table(run, f"{rdir}/accepted.parquet", kept.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA))
+        log.info("round %d: %d candidates, %d accepted, dropped %s", round_no, cands.num_rows, kept.num_rows, counts)
+    else:
+        state.stop_reason = state.stop_reason or (
+            "targets reached" if all(state.count(s.name) >= s.target for s in sources) else "round budget spent"
+        )
+    if not state.stop_reason:
+        state.stop_reason = "targets reached"
+    return state
+
+
+@dataclass
+class InstructionsSummary:
+    run_dir: str
+    targets: dict[str, int]
+    accepted: dict[str, int]
+    rounds: int
+    requests: int
+    tokens: int
+    stop_reason: str
+    wall_s: float
+    missing: int = 0  # instructions are not input rows: nothing can be "missing" here
+
+    def line(self) -> str:
+        per = ", ".join(f"{k}: {self.accepted[k]}/{self.targets[k]}" for k in self.targets)
+        return (
+            f"instructions: {per} | {self.rounds} rounds | {self.requests} requests | {self.tokens} tokens | "
+            f"stopped: {self.stop_reason} | {self.wall_s:.1f} s -> {self.run_dir}/dataset/instructions.parquet"
+        )
+
+
+def run_instructions(cfg: Any) -> InstructionsSummary:
+    """`lamini instructions`: run or resume generation for an InstructionsConfig."""
+    from lamini.runs import manifest as mf
+
+    t0 = time.time()
+    run = RunDir(cfg.run_dir)
+    state = generate_instructions(
+        RunDir(run.uri_of("instructions")), sources=cfg.sources, teacher=cfg.teacher, generation=cfg.generation,
+        seed=cfg.seed, overgenerate=cfg.overgenerate, filters=cfg.filters, budget=cfg.budget,
+        on_error=cfg.on_error, pipeline=cfg.pipeline, ray_cfg=cfg.ray,
+    )  # fmt: skip
+    run.makedirs("dataset")
+    _write_table(run, "dataset/instructions.parquet", state.table())
+    summary = InstructionsSummary(
+        run_dir=run.uri,
+        targets={s.name: s.target for s in cfg.sources},
+        accepted={s.name: state.count(s.name) for s in cfg.sources},
+        rounds=len(state.rounds),
+        requests=state.requests,
+        tokens=state.tokens,
+        stop_reason=state.stop_reason,
+        wall_s=round(time.time() - t0, 3),
+    )
+    manifest = {
+        "stage": "instructions",
+        "config": cfg.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "summary": summary.__dict__,
+        "rounds": state.rounds,
+        "environment": mf.environment(),
+    }
+    run.write_text("manifest.json", mf.dumps(manifest, cfg.teacher))
+    return summary

@@ -1,0 +1,78 @@
+"""Answer a table of prompts with a teacher, resumably: the core every generation stage uses.
+
+In: an Arrow table with `id` (unique, stable) and `prompt` (the user message), any other
+columns ride along; a run directory. Out: `dataset/responses.parquet` and
+`dataset/errors.parquet` in that run directory with exactly one row per input id, and the
+counts. Re-running with the same table sends only ids that have no result yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lamini.runs.rundir import RunDir
+from lamini.runs.shards import SHARDS, FinalCounts, finalize, scan_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherRun:
+    """What one call did: rows sent now, rows found done, pipeline seconds, final counts."""
+
+    sent: int
+    already_done: int
+    pipeline_s: float
+    counts: FinalCounts
+
+    @property
+    def sent_per_s(self) -> float:
+        return round(self.sent / self.pipeline_s, 2) if self.sent and self.pipeline_s > 0 else 0.0
+
+
+def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    # Slicing on the driver gives Ray Data ready-made blocks: no repartition shuffle, and each
+    # block becomes one shard file as soon as its rows are answered (the unit lost on a kill).
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
+
+
+def answer_table(
+    table: pa.Table,
+    run: RunDir,
+    *,
+    teacher: Any,
+    generation: Any,
+    system_prompt: str | None,
+    pipeline: Any,
+    ray_cfg: Any,
+    retry_errors: bool = True,
+) -> TeacherRun:
+    """Send every row of `table` with no result in `run` yet through the teacher, then finalize."""
+    import ray
+
+    from lamini.runs.ray_env import init_ray
+    from lamini.teachers import teacher_stage
+
+    done = scan_shards(run)
+    skip = done.ok if retry_errors else (done.ok | done.failed)
+    ids = table.column("id")
+    pending = table.filter(pc.invert(pc.is_in(ids, value_set=pa.array(sorted(skip), pa.string()))))
+    already_done = table.num_rows - pending.num_rows
+    log.info("%s: %d rows, %d already answered, %d to send", run.uri, table.num_rows, already_done, pending.num_rows)
+
+    pipeline_s = 0.0
+    if pending.num_rows:
+        init_ray(ray_cfg)
+        t0 = time.time()  # rows/s of the pipeline itself, not of starting Ray
+        ds = ray.data.from_arrow(_blocks(pending, pipeline.rows_per_block))
+        ds = teacher_stage(teacher)(ds, teacher, generation, system_prompt, pipeline)
+        ds.write_parquet(run.uri_of(SHARDS))
+        pipeline_s = time.time() - t0
+    counts = finalize(run, set(ids.to_pylist()))
+    return TeacherRun(sent=pending.num_rows, already_done=already_done, pipeline_s=pipeline_s, counts=counts)

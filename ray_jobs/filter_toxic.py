@@ -1,0 +1,15 @@
+"""`ray job submit --working-dir . -- python ray_jobs/filter_toxic.py --config configs/filter_toxic.yaml`
+
+Thin entry point for `lamini filter-toxic`: parse, load the config, call lamini (which attaches to
+the cluster through RAY_ADDRESS inside a job).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lamini.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["filter-toxic", *sys.argv[1:]]))
