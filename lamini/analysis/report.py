@@ -35,7 +35,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lamini.analysis.embed import agg_figure, get_embedder, png_bytes, scatter_png, tsne_2d, tsne_perplexity
+from lamini.analysis.embed import (
+    TFIDF_SVD, agg_figure, get_embedder, png_bytes, scatter_png, tsne_2d, tsne_perplexity,
+)  # fmt: skip
 from lamini.analysis.stats import StatsAccumulator, SubsetStats, summarise_block
 from lamini.config import AnalyzeConfig
 from lamini.runs.rundir import RunDir
@@ -120,7 +122,7 @@ def collect_stats(cfg: AnalyzeConfig, fs: pafs.FileSystem, files: list[str]) -> 
 
     init_ray(cfg.ray)
     columns = ["instruction", "response", cfg.group_by]
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=columns)
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(columns)  # projection is pushed into the read
     kwargs = dict(group_by=cfg.group_by, tokenizer=cfg.tokenizer, window=cfg.mattr_window,
                   sample_k=cfg.tsne_sample, seed=cfg.seed)  # fmt: skip
     ds = ds.map_batches(_summarise_batch, batch_format="pyarrow", batch_size=BATCH_ROWS, fn_kwargs=kwargs)
@@ -256,12 +258,12 @@ def lengths_png(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[b
             "avg_response_length": [r.avg_response_length for r in rows],
             "paper_avg_instruction_length": [_paper_cell(paper, "table1", r.subset, "avg_instruction_length") for r in rows],
             "paper_avg_response_length": [_paper_cell(paper, "table1", r.subset, "avg_response_length") for r in rows]}  # fmt: skip
-    series = [("instruction", data["avg_instruction_length"], "tab:blue", None),
-              ("response", data["avg_response_length"], "tab:orange", None)]  # fmt: skip
-    for name, key, colour in (("instruction (paper)", "paper_avg_instruction_length", "tab:blue"),
-                              ("response (paper)", "paper_avg_response_length", "tab:orange")):  # fmt: skip
-        if any(v is not None for v in data[key]):
-            series.append((name, [np.nan if v is None else v for v in data[key]], colour, "//"))
+    series = []  # (legend, values, colour, hatch): each paper series right after ours
+    for what, colour in (("instruction", "tab:blue"), ("response", "tab:orange")):
+        series.append((what, data[f"avg_{what}_length"], colour, None))
+        paper_vals = data[f"paper_avg_{what}_length"]
+        if any(v is not None for v in paper_vals):
+            series.append((f"{what} (paper)", [np.nan if v is None else v for v in paper_vals], colour, "//"))
     fig, ax = agg_figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.6))
     x, width = np.arange(len(rows)), 0.8 / len(series)
     for k, (name, vals, colour, hatch) in enumerate(series):
@@ -271,7 +273,9 @@ def lengths_png(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[b
     ax.set_xticks(x, data["subsets"], rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center")
     ax.set_ylabel(f"average length ({tokenizer} tokens)")
     ax.set_title("Average instruction and response length per subset", fontsize=11)
-    ax.legend(fontsize=8)
+    tallest = np.nanmax([v for _, vals, _, _ in series for v in vals] + [1.0])
+    ax.set_ylim(0, tallest * 1.2)  # headroom so the legend row sits above the bars, never on them
+    ax.legend(fontsize=8, loc="upper center", ncol=len(series), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return png_bytes(fig), data
@@ -289,6 +293,47 @@ def _write(out: RunDir, name: str, data: bytes | str) -> None:
         f.write(data)
 
 
+def tsne_figures(cfg: AnalyzeConfig, acc: StatsAccumulator, by_size: list[str], out: RunDir,
+                 notes: list[str]) -> tuple[list[dict], str]:  # fmt: skip
+    """Figure 2: one t-SNE scatter (PNG + JSON) per pair written to ``out``; (figure records, embedding name) out.
+
+    Pairs are ``cfg.tsne_pairs``, else the two largest subsets (``by_size`` is largest first).
+    A pair naming an absent subset, or with under 5 instructions, is skipped with a note.
+    """
+    pairs = [tuple(p) for p in cfg.tsne_pairs] or ([(by_size[0], by_size[1])] if len(by_size) >= 2 else [])
+    if not pairs:
+        notes.append("No t-SNE plot: it compares two subsets and this dataset has fewer.")
+        return [], ""
+    embedder = get_embedder(cfg.embedding_model)
+    figures = []
+    for a, b in pairs:
+        absent = [s for s in (a, b) if s not in acc.subsets]
+        if absent:
+            notes.append(f"t-SNE pair ({a}, {b}) skipped: {absent} not in the data.")
+            continue
+        texts = {a: acc.samples(a), b: acc.samples(b)}
+        if len(texts[a]) + len(texts[b]) < 5:
+            notes.append(f"t-SNE pair ({a}, {b}) skipped: fewer than 5 distinct instructions between them.")
+            continue
+        all_texts, labels = texts[a] + texts[b], [a] * len(texts[a]) + [b] * len(texts[b])
+        # One encode call for both subsets: the TF-IDF+SVD fallback must fit one shared space.
+        points = tsne_2d(embedder.encode(all_texts, cfg.seed), cfg.seed)
+        stem = f"tsne_{_safe(a)}__{_safe(b)}"
+        fig = {"pair": [a, b], "counts": {a: len(texts[a]), b: len(texts[b])}, "embedding": embedder.name,
+               "perplexity": tsne_perplexity(len(all_texts)), "seed": cfg.seed,
+               "png": stem + ".png", "json": stem + ".json"}  # fmt: skip
+        caption = f"embedding: {embedder.name}; seed {cfg.seed}"
+        _write(out, fig["png"], scatter_png(points, labels, (a, b), caption))
+        points_json = {**fig, "labels": labels, "points": points.round(4).tolist(), "texts": all_texts}
+        _write(out, fig["json"], json.dumps(points_json))
+        figures.append(fig)
+    if embedder.name.startswith(TFIDF_SVD):
+        notes.append("Embeddings: TF-IDF (uni+bigrams, English stop words removed) + TruncatedSVD to <=100 dims, "
+                     "L2-normalised (LSA), fitted on each pair's sample: clusters are lexical, not semantic. "
+                     "Set `embedding_model` to a sentence-transformers model for semantic embeddings.")  # fmt: skip
+    return figures, embedder.name
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -302,46 +347,21 @@ def run_analyze(cfg: AnalyzeConfig) -> AnalyzeSummary:
     rows, total = acc.finish()
     paper = load_paper_values()
     notes: list[str] = []
-
-    pairs = [tuple(p) for p in cfg.tsne_pairs] or ([(rows[0].subset, rows[1].subset)] if len(rows) >= 2 else [])
-    if not pairs:
-        notes.append("t-SNE compares two subsets; this dataset has only one.")
-    embedder = get_embedder(cfg.embedding_model) if pairs else None
-    figures = []
-    for a, b in pairs:
-        if a not in acc.subsets or b not in acc.subsets:
-            notes.append(f"t-SNE pair ({a}, {b}) skipped: subset {a if a not in acc.subsets else b!r} is not in the data.")
-            continue
-        texts = {a: acc.samples(a), b: acc.samples(b)}
-        if len(texts[a]) + len(texts[b]) < 5:
-            notes.append(f"t-SNE pair ({a}, {b}) skipped: fewer than 5 distinct instructions between them.")
-            continue
-        all_texts, labels = texts[a] + texts[b], [a] * len(texts[a]) + [b] * len(texts[b])
-        points = tsne_2d(embedder.encode(all_texts, cfg.seed), cfg.seed)
-        stem = f"tsne_{_safe(a)}__{_safe(b)}"
-        fig = {"pair": [a, b], "counts": {a: len(texts[a]), b: len(texts[b])}, "embedding": embedder.name,
-               "perplexity": tsne_perplexity(len(all_texts)), "seed": cfg.seed, "png": stem + ".png", "json": stem + ".json"}  # fmt: skip
-        _write(out, fig["png"], scatter_png(points, labels, (a, b), f"embedding: {embedder.name}; seed {cfg.seed}"))
-        _write(out, fig["json"], json.dumps({**fig, "labels": labels, "points": points.round(4).tolist(), "texts": all_texts}))
-        figures.append(fig)
-    if embedder is not None and embedder.name.startswith("tfidf-svd"):
-        notes.append("Embeddings: TF-IDF (uni+bigrams, English stop words removed) + TruncatedSVD to <=100 dims, "
-                     "L2-normalised (LSA), fitted on each pair's sample: clusters are lexical, not semantic. "
-                     "Set `embedding_model` to a sentence-transformers model for semantic embeddings.")  # fmt: skip
-
+    figures, embedding = tsne_figures(cfg, acc, [r.subset for r in rows], out, notes)
     png, lengths = lengths_png(rows, paper, cfg.tokenizer)
     _write(out, "lengths.png", png)
     _write(out, "lengths.json", json.dumps(lengths, indent=1))
     meta = {"input": cfg.input, "files": files, "group_by": cfg.group_by, "tokenizer": cfg.tokenizer}
-    _write(out, "table1.json", json.dumps({**meta, "rows": [r.table1() for r in rows], "total": total.table1(),
-                                           "paper": paper.get("table1", {})}, indent=1))  # fmt: skip
-    _write(out, "table2.json", json.dumps({**meta, "window": cfg.mattr_window, "rows": [r.table2() for r in rows],
-                                           "total": total.table2(), "paper": paper.get("table2", {})}, indent=1))  # fmt: skip
+    table1 = {**meta, "rows": [r.table1() for r in rows], "total": total.table1(), "paper": paper.get("table1", {})}
+    table2 = {**meta, "window": cfg.mattr_window, "rows": [r.table2() for r in rows], "total": total.table2(),
+              "paper": paper.get("table2", {})}  # fmt: skip
+    _write(out, "table1.json", json.dumps(table1, indent=1))
+    _write(out, "table2.json", json.dumps(table2, indent=1))
     _write(out, "report.md", render_report(cfg, files, rows, total, paper, figures, notes))
     summary = AnalyzeSummary(
         report_path=out.uri_of("report.md"), output_dir=out.uri, rows=total.samples,
         subsets={r.subset: r.samples for r in rows}, files=files, tsne=[f["png"] for f in figures],
-        embedding=embedder.name if embedder else "", notes=notes, wall_s=round(time.time() - t0, 3),
+        embedding=embedding, notes=notes, wall_s=round(time.time() - t0, 3),
     )  # fmt: skip
     log.info(summary.line())
     return summary
