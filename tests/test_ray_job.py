@@ -61,12 +61,19 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         }
         cfg_path = tmp_path / "job.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
-        submit = subprocess.run(
-            [_ray_bin(), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".",
-             "--runtime-env-json", json.dumps({"env_vars": {"LAMINI_TEST_API_KEY": "unused", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
-             "--", "python", "ray_jobs/responses.py", "--config", str(cfg_path)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )
+        submit_cmd = [
+            _ray_bin(), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".",
+            "--runtime-env-json", json.dumps({"env_vars": {"LAMINI_TEST_API_KEY": "unused", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+            "--", "python", "ray_jobs/responses.py", "--config", str(cfg_path),
+        ]  # fmt: skip
+        # Right after `ray start` on a busy machine the head's job agent may not be up yet; the
+        # job server then refuses the submission (no job is created), so trying again is safe.
+        deadline = time.time() + 120
+        while True:
+            submit = subprocess.run(submit_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent to submit job" not in submit.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         text = re.sub(r"\x1b\[[0-9;]*m", "", submit.stdout + submit.stderr)
         assert re.search(r"Job 'raysubmit_\w+' succeeded", text), text[-3000:]
