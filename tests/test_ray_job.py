@@ -39,12 +39,17 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
 
     seeds = shared_data("self_instruct_seed_tasks.jsonl")
     temp_dir = Path("/tmp") / f"lamini-job-{os.getpid()}"
-    gcs_port, dash_port = _free_port(), _free_port()
+    gcs_port, dash_port, agent_port, agent_grpc, client_port = (_free_port() for _ in range(5))
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LAMINI_TEST_API_KEY="unused")
     env.pop("RAY_ADDRESS", None)
     start = subprocess.run(
         [_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+         # Every port off its default: another Ray on this machine (the session's test Ray,
+         # a user's) already holds the defaults, and a job agent that cannot bind its port
+         # leaves the job server with "No available agent to submit job".
+         f"--dashboard-agent-listen-port={agent_port}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--ray-client-server-port={client_port}",
          "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=120,
     )
