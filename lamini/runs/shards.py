@@ -158,10 +158,13 @@ def finalize(run: RunDir, input_ids: set[str]) -> FinalCounts:
         return counts
     winners = _winners(idx, input_ids)
     ok_writer = err_writer = None
+    empty_ok = empty_err = None  # schemas for a file that gets no rows: it is written empty
     tmp_ok, tmp_err = run.path("dataset", "responses.parquet.tmp"), run.path("dataset", "errors.parquet.tmp")
     try:
         for fi, path in enumerate(idx.files):
             t = pq.read_table(path, filesystem=run.fs)
+            if empty_ok is None:
+                empty_ok, empty_err = _project(t.slice(0, 0), RESPONSE_COLUMNS), _project(t.slice(0, 0), ERROR_COLUMNS)
             # Tokens and attempts were spent whether or not this row stands.
             counts.prompt_tokens += int(pc.sum(t.column("prompt_tokens")).as_py() or 0)
             counts.completion_tokens += int(pc.sum(t.column("completion_tokens")).as_py() or 0)
@@ -187,11 +190,12 @@ def finalize(run: RunDir, input_ids: set[str]) -> FinalCounts:
         for w in (ok_writer, err_writer):
             if w is not None:
                 w.close()
-    for tmp, final in ((tmp_ok, "responses.parquet"), (tmp_err, "errors.parquet")):
-        dest = run.path("dataset", final)
-        if run.fs.get_file_info(tmp).type.name == "File":
-            run.fs.move(tmp, dest)
-        elif run.exists("dataset", final):
-            run.delete(dest)  # a stale file from an earlier finalize with rows that now succeed
+    # Both files always exist after a finalize (empty when no row went there), so readers never
+    # have to guess whether "absent" means "none" or "not finished".
+    for tmp, final, writer, empty in ((tmp_ok, "responses.parquet", ok_writer, empty_ok),
+                                      (tmp_err, "errors.parquet", err_writer, empty_err)):  # fmt: skip
+        if writer is None and empty is not None:
+            pq.write_table(empty, tmp, filesystem=run.fs)
+        run.fs.move(tmp, run.path("dataset", final))
     counts.missing = len(input_ids) - counts.ok - counts.errors
     return counts
