@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lamini.runs.rundir import RunDir
 
@@ -116,7 +115,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         requests, responses_run, teacher=cfg.teacher, generation=cfg.response_generation,
         system_prompt=cfg.system_prompt, pipeline=cfg.pipeline, ray_cfg=cfg.ray,
     )  # fmt: skip
-    d_all = pq.read_table(responses_run.path("dataset", "responses.parquet"), filesystem=responses_run.fs)
+    d_all = responses_run.read_table("dataset/responses.parquet")
 
     toxic_dropped = 0
     if cfg.toxicity is not None:
@@ -125,12 +124,10 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         d_all, dropped, _ = filter_table(d_all, cfg.toxicity)
         toxic_dropped = dropped.num_rows
         run.makedirs("dataset")
-        pq.write_table(dropped, run.path("dataset", "toxic_dropped.parquet"), filesystem=run.fs)
+        run.write_table("dataset/toxic_dropped.parquet", dropped)
 
     run.makedirs("dataset")
-    tmp = run.path(D_ALL + ".tmp")
-    pq.write_table(d_all, tmp, filesystem=run.fs)
-    run.fs.move(tmp, run.path(D_ALL))
+    run.write_table(D_ALL, d_all)
     by_source: dict[str, int] = {}
     for s in d_all.column("instruction_source").to_pylist():
         by_source[s] = by_source.get(s, 0) + 1

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lamini.runs.rundir import RunDir
 
@@ -60,17 +59,6 @@ class GenerationState:
     def table(self) -> pa.Table:
         rows = [r for name in sorted(self.accepted) for r in self.accepted[name]]
         return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
-
-
-def _read_table(run: RunDir, rel: str) -> pa.Table:
-    return pq.read_table(run.path(rel), filesystem=run.fs)
-
-
-def _write_table(run: RunDir, rel: str, table: pa.Table) -> None:
-    # temp name then move: a round's accepted.parquet appearing is what marks the round done
-    tmp = run.path(rel + ".tmp")
-    pq.write_table(table, tmp, filesystem=run.fs)
-    run.fs.move(tmp, run.path(rel))
 
 
 def _load_seeds(specs: list, on_error: str, run: RunDir) -> dict[str, pa.Table]:
@@ -176,7 +164,7 @@ def generate_instructions(
     for round_no in range(budget.max_rounds):
         rdir = f"round_{round_no:03d}"
         if run.exists(rdir, "accepted.parquet"):  # a finished round: load it, do not redo it
-            acc = _read_table(run, f"{rdir}/accepted.parquet")
+            acc = run.read_table(f"{rdir}/accepted.parquet")
             report = json.loads(run.read_text(f"{rdir}/report.json"))
             for r in acc.to_pylist():
                 state.accepted.setdefault(r["instruction_source"], []).append(
@@ -214,7 +202,7 @@ def generate_instructions(
             prompts, round_run, teacher=teacher, generation=generation, system_prompt=None,
             pipeline=pipeline, ray_cfg=ray_cfg,
         )  # fmt: skip
-        outputs = _read_table(round_run, "dataset/responses.parquet") if round_run.exists(
+        outputs = round_run.read_table("dataset/responses.parquet") if round_run.exists(
             "dataset", "responses.parquet"
         ) else pa.table({"id": pa.array([], pa.string())})
         cand_rows, outcomes = _parse_round(outputs, round_no) if outputs.num_rows else ([], {})
@@ -241,9 +229,10 @@ def generate_instructions(
         state.tokens += spent_tokens
         state.rounds.append(report)
         if dropped.num_rows:
-            _write_table(run, f"{rdir}/dropped.parquet", dropped)
+            run.write_table(f"{rdir}/dropped.parquet", dropped)
         run.write_text(f"{rdir}/report.json", json.dumps(report, indent=2))
-        _write_table(run, f"{rdir}/accepted.parquet", kept.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA))
+        # written last and atomically: accepted.parquet appearing is what marks the round done
+        run.write_table(f"{rdir}/accepted.parquet", kept.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA))
         log.info("round %d: %d candidates, %d accepted, dropped %s", round_no, cands.num_rows, kept.num_rows, counts)
     else:
         state.stop_reason = state.stop_reason or (
@@ -286,7 +275,7 @@ def run_instructions(cfg: Any) -> InstructionsSummary:
         on_error=cfg.on_error, pipeline=cfg.pipeline, ray_cfg=cfg.ray,
     )  # fmt: skip
     run.makedirs("dataset")
-    _write_table(run, "dataset/instructions.parquet", state.table())
+    run.write_table("dataset/instructions.parquet", state.table())
     summary = InstructionsSummary(
         run_dir=run.uri,
         targets={s.name: s.target for s in cfg.sources},

@@ -53,6 +53,19 @@ class RunDir:
             f.write(text.encode("utf-8"))
         self.fs.move(tmp, self.path(rel))
 
+    def write_table(self, rel: str, table) -> None:
+        """Write a Parquet file atomically (temp name, then move), like write_text."""
+        import pyarrow.parquet as pq
+
+        tmp = self.path(rel + ".tmp")
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, self.path(rel))
+
+    def read_table(self, rel: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path(rel), filesystem=self.fs)
+
     def read_text(self, rel: str) -> str:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read().decode("utf-8")
