@@ -129,9 +129,8 @@ def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str]
     if over_rows:
         parts.append(pa.Table.from_pylist(over_rows))
     kept = pa.Table.from_pylist(keep_rows, schema=kept.schema) if keep_rows else kept.slice(0, 0)
-    dropped_all = pa.concat_tables([p for p in parts if p.num_rows], promote_options="permissive") if any(
-        p.num_rows for p in parts
-    ) else dropped
+    nonempty = [p for p in parts if p.num_rows]
+    dropped_all = pa.concat_tables(nonempty, promote_options="permissive") if nonempty else dropped
     return kept, dropped_all, counts, near_report
 
 
@@ -202,14 +201,15 @@ def generate_instructions(
             prompts, round_run, teacher=teacher, generation=generation, system_prompt=None,
             pipeline=pipeline, ray_cfg=ray_cfg,
         )  # fmt: skip
-        outputs = round_run.read_table("dataset/responses.parquet") if round_run.exists(
-            "dataset", "responses.parquet"
-        ) else pa.table({"id": pa.array([], pa.string())})
-        cand_rows, outcomes = _parse_round(outputs, round_no) if outputs.num_rows else ([], {})
+        # finalize always writes responses.parquet (empty when every request failed)
+        outputs = round_run.read_table("dataset/responses.parquet")
+        cand_rows, outcomes = _parse_round(outputs, round_no)
         cands = pa.Table.from_pylist(cand_rows, schema=CANDIDATE_SCHEMA)
         kept, dropped, counts, near_report = _filter_round(cands, state, seed_texts, seen, sources, filters)
+        accepted_by_source = {s.name: 0 for s in sources}
         for r in kept.to_pylist():
             state.accepted[r["instruction_source"]].append({k: r[k] for k in CANDIDATE_SCHEMA.names})
+            accepted_by_source[r["instruction_source"]] += 1
         spent_tokens = done.counts.prompt_tokens + done.counts.completion_tokens
         report = {
             "round": round_no,
@@ -220,7 +220,7 @@ def generate_instructions(
             "candidates": cands.num_rows,
             "dropped_by_filter": counts,
             "accepted": kept.num_rows,
-            "accepted_by_source": {s.name: sum(1 for r in kept.to_pylist() if r["instruction_source"] == s.name) for s in sources},
+            "accepted_by_source": accepted_by_source,
             "near_dup": {k: v for k, v in near_report.items() if isinstance(v, (int, float, str))},
             "requests": done.counts.requests,
             "tokens": spent_tokens,
@@ -234,12 +234,9 @@ def generate_instructions(
         # written last and atomically: accepted.parquet appearing is what marks the round done
         run.write_table(f"{rdir}/accepted.parquet", kept.select(CANDIDATE_SCHEMA.names).cast(CANDIDATE_SCHEMA))
         log.info("round %d: %d candidates, %d accepted, dropped %s", round_no, cands.num_rows, kept.num_rows, counts)
-    else:
-        state.stop_reason = state.stop_reason or (
-            "targets reached" if all(state.count(s.name) >= s.target for s in sources) else "round budget spent"
-        )
-    if not state.stop_reason:
-        state.stop_reason = "targets reached"
+    else:  # every round ran without a break: each break above sets its own reason
+        done_all = all(state.count(s.name) >= s.target for s in sources)
+        state.stop_reason = "targets reached" if done_all else "round budget spent"
     return state
 
 
