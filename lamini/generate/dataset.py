@@ -51,18 +51,6 @@ def _generated_rows(instructions: pa.Table) -> pa.Table:
     )  # fmt: skip
 
 
-def _original_rows(cfg: Any, run: RunDir) -> tuple[pa.Table, Any]:
-    from lamini.corpus import RejectLog, read_corpora
-
-    rejects = RejectLog()
-    if not cfg.originals:
-        return None, rejects
-    t = read_corpora(cfg.originals, on_error=cfg.on_error, rejects=rejects)
-    rejects.write(run.uri_of("rejects.jsonl"))
-    t = t.select(["id", "instruction", "input", "prompt", "response", "source", "subset", "origin"])
-    return t.rename_columns(["reference_response" if c == "response" else c for c in t.column_names]), rejects
-
-
 @dataclass
 class DatasetSummary:
     run_dir: str
@@ -88,6 +76,7 @@ class DatasetSummary:
 def run_dataset(cfg: Any) -> DatasetSummary:
     """Run or resume the whole dataset build for a DatasetConfig."""
     from lamini.generate.instructions import generate_instructions
+    from lamini.generate.responses import read_inputs
     from lamini.generate.teacher_run import answer_table
     from lamini.runs import manifest as mf
 
@@ -104,8 +93,9 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         )  # fmt: skip
         generated = {s.name: gen_state.count(s.name) for s in cfg.generate}
         parts.append(_generated_rows(gen_state.table()))
-    originals, _ = _original_rows(cfg, run)
-    if originals is not None:
+    originals = None
+    if cfg.originals:
+        originals, _ = read_inputs(cfg.originals, run, on_error=cfg.on_error)
         parts.append(originals)
     if not parts:
         raise ValueError("dataset config has neither `generate` sources nor `originals` corpora")
@@ -116,6 +106,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         system_prompt=cfg.system_prompt, pipeline=cfg.pipeline, ray_cfg=cfg.ray,
     )  # fmt: skip
     d_all = responses_run.read_table("dataset/responses.parquet")
+    run.makedirs("dataset")
 
     toxic_dropped = 0
     if cfg.toxicity is not None:
@@ -123,10 +114,8 @@ def run_dataset(cfg: Any) -> DatasetSummary:
 
         d_all, dropped, _ = filter_table(d_all, cfg.toxicity)
         toxic_dropped = dropped.num_rows
-        run.makedirs("dataset")
         run.write_table("dataset/toxic_dropped.parquet", dropped)
 
-    run.makedirs("dataset")
     run.write_table(D_ALL, d_all)
     by_source: dict[str, int] = {}
     for s in d_all.column("instruction_source").to_pylist():
@@ -138,7 +127,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         from lamini.config import AnalyzeConfig
 
         rep = run_analyze(AnalyzeConfig(input=run.uri, seed=cfg.seed, ray=cfg.ray))
-        report_path = getattr(rep, "report_path", None) or run.uri_of("report", "report.md")
+        report_path = rep.report_path
 
     summary = DatasetSummary(
         run_dir=run.uri, generated=generated, originals=originals.num_rows if originals is not None else 0,

@@ -64,12 +64,13 @@ class ResponsesSummary:
         )
 
 
-def read_inputs(cfg: ResponsesConfig, run: RunDir):
-    """Read every corpus into one table; rejects go to run_dir/rejects.jsonl."""
+def read_inputs(corpora: list, run: RunDir, *, on_error: str, limit: int | None = None):
+    """Read every corpus into one request table (the READS columns, the corpus' own response as
+    `reference_response`); rejects go to run_dir/rejects.jsonl. Returns (table, rejects)."""
     from lamini.corpus import RejectLog, read_corpora
 
     rejects = RejectLog()
-    table = read_corpora(cfg.corpora, on_error=cfg.on_error, rejects=rejects, limit=cfg.limit)
+    table = read_corpora(corpora, on_error=on_error, rejects=rejects, limit=limit)
     rejects.write(run.uri_of("rejects.jsonl"))
     missing = [c for c in READS if c not in table.column_names]
     if missing:
@@ -84,7 +85,7 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
     t0 = time.time()
     attempt_id = uuid.uuid4().hex[:12]
     run = RunDir(cfg.run_dir)
-    table, rejects = read_inputs(cfg, run)
+    table, rejects = read_inputs(cfg.corpora, run, on_error=cfg.on_error, limit=cfg.limit)
     manifest = run.read_json("manifest.json", default={}) or {}
     attempts = manifest.get("attempts", [])
 
