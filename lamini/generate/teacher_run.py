@@ -78,5 +78,6 @@ def answer_table(
         ds = teacher_stage(teacher)(ds, teacher, generation, system_prompt, pipeline)
         ds.write_parquet(run.uri_of(SHARDS))
         pipeline_s = time.time() - t0
-    counts = finalize(run, set(ids.to_pylist()))
+    # Nothing written since the scan above: it still describes the shards, so reuse it.
+    counts = finalize(run, set(ids.to_pylist()), index=None if pending.num_rows else done)
     return TeacherRun(sent=pending.num_rows, already_done=already_done, pipeline_s=pipeline_s, counts=counts)

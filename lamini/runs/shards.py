@@ -147,10 +147,13 @@ class FinalCounts:
     requests: int = 0  # HTTP/engine attempts over all shards, superseded ones included
 
 
-def finalize(run: RunDir, input_ids: set[str]) -> FinalCounts:
+def finalize(run: RunDir, input_ids: set[str], index: ShardIndex | None = None) -> FinalCounts:
     """Write dataset/responses.parquet and dataset/errors.parquet with exactly one row per
-    input id that has a result; streams shard by shard, so memory stays bounded by a shard."""
-    idx = scan_shards(run)
+    input id that has a result; streams shard by shard, so memory stays bounded by a shard.
+
+    `index` is a scan of the shards as they are now (pass it only when nothing was written
+    since); without it the shards are scanned here."""
+    idx = index if index is not None else scan_shards(run)
     counts = FinalCounts()
     run.makedirs("dataset")
     if idx.keys is None:
