@@ -21,6 +21,7 @@ from lamini.config import (
     ToxicityConfig,
     load_config,
 )
+from lamini.train.config import TrainConfig, TuneConfig
 
 # subcommand -> (config class, "module:function" that takes the config and returns a summary)
 STAGES: dict[str, tuple[type, str, str]] = {
@@ -48,6 +49,16 @@ STAGES: dict[str, tuple[type, str, str]] = {
         AnalyzeConfig,
         "lamini.analysis.report:run_analyze",
         "Report Tables 1-2 (token statistics, MATTR) and Figure 2 (t-SNE) for a run or dataset.",
+    ),
+    "train": (
+        TrainConfig,
+        "lamini.train.trainer:run_train",
+        "Fine-tune a student with Ray Train + DeepSpeed ZeRO; re-running resumes from the newest checkpoint.",
+    ),
+    "tune": (
+        TuneConfig,
+        "lamini.train.tune:run_tune",
+        "Ray Tune search (learning rate, batch size, epochs) over training runs, with ASHA early stopping.",
     ),
 }
 

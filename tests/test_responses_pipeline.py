@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import RAY_TMP, ROOT, descendants, kill_all, shared_data
 
-from conftest import RAY_TMP, ROOT, shared_data
 from lamini.config import ResponsesConfig, load_config
 
 SENTINEL = "sk-SENTINEL-7f3a9c1e5b2d4f60"
@@ -142,23 +141,6 @@ def test_second_run_sends_nothing(ray_local, fake_openai, tmp_path, monkeypatch)
     assert [a["sent"] for a in manifest["attempts"]] == [30, 0]
 
 
-def _descendants(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def test_kill_and_resume(fake_openai, tmp_path):
     """SIGKILL the whole run (driver and its local Ray) mid-way; the re-run requests only the
     rows with no output yet, and the final dataset holds each input row exactly once."""
@@ -192,10 +174,10 @@ def test_kill_and_resume(fake_openai, tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "first_run.log").read_text()[-3000:]
-        _kill_all([proc.pid, *_descendants(proc.pid)])
+        kill_all([proc.pid, *descendants(proc.pid)])
         proc.wait(timeout=30)
     finally:
-        _kill_all([proc.pid, *_descendants(proc.pid)])
+        kill_all([proc.pid, *descendants(proc.pid)])
 
     # What survived the kill: readable shards (a half-written one is set aside by the re-run).
     done_ids = set()
@@ -232,8 +214,9 @@ def test_every_config_in_configs_loads():
     files = sorted((ROOT / "configs").rglob("*.yaml"))
     assert files
     for f in files:
-        # configs/<stage>[_variant].yaml, with '-' in stage names written '_'
-        stage = next(st for st in sorted(STAGES, key=len, reverse=True) if f.stem.replace("_", "-").startswith(st))
+        # configs/<stage>[_variant].yaml, with '-' in stage names written '_'; configs/<stage>/*.yaml (the zoo)
+        name = f.parent.name if f.parent != ROOT / "configs" else f.stem.replace("_", "-")
+        stage = next(st for st in sorted(STAGES, key=len, reverse=True) if name.startswith(st))
         load_config(STAGES[stage][0], f)
 
 
@@ -259,7 +242,7 @@ def test_import_and_help_stay_light():
     """`import lamini` and `lamini --help` load no torch, transformers, vllm or deepspeed."""
     code = (
         "import sys, contextlib, io\n"
-        "import lamini, lamini.cli, lamini.config, lamini.teachers, lamini.corpus\n"
+        "import lamini, lamini.cli, lamini.config, lamini.teachers, lamini.corpus, lamini.train.config\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         "        lamini.cli.main(['--help'])\n"

@@ -9,10 +9,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: Any) -> None:
+def init_ray(cfg: Any, dashboard: bool = False) -> None:
     """Attach to cfg.address or $RAY_ADDRESS (set by `ray job submit`); else start a local Ray.
 
     Idempotent: a driver that already called ray.init (a test, a notebook) keeps its Ray.
+    dashboard: start a local Ray with its dashboard, which serves the State API (Ray Train's
+    placement-group cleaner needs it to free the workers of a Tune trial that was stopped).
     """
     import ray
 
@@ -22,7 +24,7 @@ def init_ray(cfg: Any) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False}
+    kwargs: dict[str, Any] = {"include_dashboard": dashboard}
     if cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     if cfg.temp_dir:

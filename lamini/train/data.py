@@ -1,0 +1,219 @@
+"""Training examples: rows (instruction, response) -> token ids and labels -> padded micro batches.
+
+Pure functions of a tokenizer, tested without Ray; lamini.train.loop runs them inside each Ray
+Train worker over the rows its `ray.train.get_dataset_shard` streams in. Tokenising in the worker
+(not in a Ray Data map stage) keeps one tokenizer per worker instead of one per task, and lets
+packing carry a partial sequence across batches; it costs little next to a training step.
+
+Decoder-only students see the Alpaca no-input wrapper, exactly as Alpaca's and LaMini's training
+code wrote it, followed by the response and EOS; only the response and EOS carry labels.
+Encoder-decoder students take the raw instruction as source and the response as target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+IGNORE_INDEX = -100  # labels the loss skips (prompt tokens and padding), as torch's cross-entropy expects
+
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+def alpaca_prompt(instruction: str) -> str:
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    decoder: bool = True  # False: labels are the target sequence of an encoder-decoder model
+
+
+@dataclass
+class EncodeStats:
+    rows: int = 0
+    truncated: int = 0
+    dropped_no_labels: int = 0  # truncation left no response token to learn from
+    boundary_merged: int = 0  # a token spanned the prompt/response boundary (kept as prompt)
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; decoder-only training needs one")
+    return int(tokenizer.eos_token_id)
+
+
+def encode_decoder(
+    instruction: str,
+    response: str,
+    tokenizer,
+    max_length: int,
+    truncation_side: str = "right",
+    stats: EncodeStats | None = None,
+) -> Example | None:
+    """Wrapper + instruction + response + EOS as one sequence; labels only on response and EOS.
+
+    The prompt and response are tokenized *together* (as the model will see them) and the
+    boundary is found from character offsets, so a tokenizer that merges across it cannot shift
+    the labels by a token. Returns None when truncation leaves no response token.
+    """
+    stats = stats if stats is not None else EncodeStats()
+    stats.rows += 1
+    prompt = alpaca_prompt(instruction)
+    text = prompt + response
+    eos = _eos_id(tokenizer)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        ids = list(enc["input_ids"])
+        is_response = []
+        for start, end in enc["offset_mapping"]:
+            if start < len(prompt) < end:
+                stats.boundary_merged += 1
+            # Special tokens (BOS) have empty offsets at 0: they belong to the prompt.
+            is_response.append(end > start >= len(prompt))
+    else:  # slow tokenizers have no offsets: the prompt's own length, as Alpaca's train.py does
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        is_response = [i >= n_prompt for i in range(len(ids))]
+    if ids and ids[-1] == eos:  # tokenizers that append EOS themselves
+        ids, is_response = ids[:-1], is_response[:-1]
+    ids.append(eos)
+    is_response.append(True)
+    labels = [t if r else IGNORE_INDEX for t, r in zip(ids, is_response)]
+    if len(ids) > max_length:
+        stats.truncated += 1
+        if truncation_side == "left":
+            ids, labels = ids[-max_length:], labels[-max_length:]
+        else:
+            ids, labels = ids[:max_length], labels[:max_length]
+    if all(x == IGNORE_INDEX for x in labels):
+        stats.dropped_no_labels += 1
+        return None
+    return Example(ids, labels, decoder=True)
+
+
+def encode_seq2seq(
+    instruction: str,
+    response: str,
+    tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+    truncation_side: str = "right",
+    stats: EncodeStats | None = None,
+) -> Example | None:
+    """Raw instruction as source, response as target (T5's tokenizer appends EOS to both)."""
+    stats = stats if stats is not None else EncodeStats()
+    stats.rows += 1
+    src = list(tokenizer(instruction, add_special_tokens=True)["input_ids"])
+    tgt = list(tokenizer(text_target=response, add_special_tokens=True)["input_ids"])
+    if len(src) > max_source_length or len(tgt) > max_target_length:
+        stats.truncated += 1
+    src = src[-max_source_length:] if truncation_side == "left" else src[:max_source_length]
+    tgt = tgt[:max_target_length]
+    if not tgt:
+        stats.dropped_no_labels += 1
+        return None
+    return Example(src, tgt, decoder=False)
+
+
+def pack(examples: Iterable[Example], max_length: int) -> Iterator[Example]:
+    """Concatenate decoder examples and cut the stream into max_length sequences (no padding).
+
+    Attention crosses example boundaries inside a sequence (the common SFT packing; the EOS
+    between examples marks the switch). Labels stay aligned because ids and labels move together.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for ex in examples:
+        ids.extend(ex.input_ids)
+        labels.extend(ex.labels)
+        while len(ids) >= max_length:
+            chunk_ids, chunk_labels = ids[:max_length], labels[:max_length]
+            ids, labels = ids[max_length:], labels[max_length:]
+            if any(x != IGNORE_INDEX for x in chunk_labels):
+                yield Example(chunk_ids, chunk_labels, decoder=True)
+    if ids and any(x != IGNORE_INDEX for x in labels):
+        yield Example(ids, labels, decoder=True)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
+    """Right-pad a micro batch -> torch tensors; padding gets attention 0 and label IGNORE_INDEX."""
+    import torch
+
+    n = len(examples)
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        attention[i, : len(e.input_ids)] = 1
+    if examples[0].decoder:
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e.labels)] = torch.tensor(e.labels)
+    else:
+        tw = max(len(e.labels) for e in examples)
+        labels = torch.full((n, tw), IGNORE_INDEX, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e.labels)] = torch.tensor(e.labels)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Tokens the model processed in a batch, padding excluded (encoder + decoder for seq2seq)."""
+    n = int(batch["attention_mask"].sum())
+    if batch["labels"].shape != batch["input_ids"].shape:  # seq2seq: decoder tokens too
+        n += int((batch["labels"] != IGNORE_INDEX).sum())
+    return n
+
+
+class ExampleEncoder:
+    """Rows -> Examples for one family, with the data config's lengths and truncation side."""
+
+    def __init__(self, tokenizer, family: str, data_cfg: Any):
+        self.tokenizer = tokenizer
+        self.family = family
+        self.cfg = data_cfg
+        self.stats = EncodeStats()
+
+    def __call__(self, instruction: str, response: str) -> Example | None:
+        c = self.cfg
+        if self.family == "decoder":
+            return encode_decoder(instruction, response, self.tokenizer, c.max_length, c.truncation_side, self.stats)
+        return encode_seq2seq(
+            instruction, response, self.tokenizer, c.max_source_length, c.max_target_length, c.truncation_side, self.stats
+        )
+
+    def examples(self, rows: Iterable[tuple[str, str]]) -> Iterator[Example]:
+        out = (self(i, r) for i, r in rows)
+        ex = (e for e in out if e is not None)
+        if self.cfg.packing and self.family == "decoder":
+            return pack(ex, self.cfg.max_length)
+        return ex
+
+
+def micro_batches(examples: Iterable[Example], micro_batch_size: int, pad_id: int) -> Iterator[dict[str, Any]]:
+    """Group examples into collated micro batches; the last, smaller one is kept."""
+    buf: list[Example] = []
+    for ex in examples:
+        buf.append(ex)
+        if len(buf) == micro_batch_size:
+            yield collate(buf, pad_id)
+            buf = []
+    if buf:
+        yield collate(buf, pad_id)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The pad id; decoder tokenizers without one (GPT-2) pad with EOS, which the labels mask anyway."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return _eos_id(tokenizer)

@@ -1,0 +1,233 @@
+"""`lamini train`: build the Ray Data input and a TorchTrainer, fit, and summarise.
+
+Layout of a training run (run_dir/name, local path or URI; Ray Train's own files live here too):
+    checkpoint_*/          resumable DeepSpeed checkpoints (every rank's shards), newest `keep_checkpoints`
+    metrics.jsonl          one line per report: step, epoch, loss, lr, tokens/s, MFU
+    model/                 the exported Hugging Face folder (weights consolidated, tokenizer included)
+    report/loss.png        loss and learning-rate curves
+    manifest.json          config, model, data size, steps, final metrics, environment
+Re-running the same command resumes from the newest checkpoint (Ray Train restores a run whose
+name and storage path match); FailureConfig restarts a failed worker group within one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    run_dir: str
+    model_dir: str | None
+    family: str
+    rows: int
+    steps: int
+    total_steps: int
+    final_loss: float | None
+    first_loss: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    wall_s: float
+    missing: int = 0
+
+    def line(self) -> str:
+        tps = f"{self.tokens_per_s:,.0f} tok/s" if self.tokens_per_s else "n/a tok/s"
+        loss = f"loss {self.first_loss:.3f} -> {self.final_loss:.3f}" if self.final_loss is not None else "no loss"
+        return (
+            f"train: {self.family} student, {self.rows} rows, step {self.steps}/{self.total_steps}, {loss}, "
+            f"{tps}, {self.wall_s:.0f} s -> {self.model_dir or self.run_dir}"
+        )
+
+
+def build_dataset(cfg: Any):
+    """Ray Dataset with columns (instruction, response) from the configured corpora.
+
+    LaMini-format Parquet streams with ray.data.read_parquet (never whole on the driver); other
+    formats go through lamini.corpus, whose readers validate and join '$instruction:$input'.
+    Rows without a response cannot teach anything and are left out.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    from lamini.corpus import RejectLog, read_corpora
+
+    parts = []
+    others = [s for s in cfg.data.corpora if s.format != "lamini"]
+    for spec in cfg.data.corpora:
+        if spec.format == "lamini":
+            ds = ray.data.read_parquet(spec.path, columns=["instruction", "response"])
+            parts.append(ds.limit(spec.limit) if spec.limit else ds)
+    if others:
+        table = read_corpora(others, on_error="raise", rejects=RejectLog())
+        table = table.filter(pc.and_(pc.is_valid(table["response"]), pc.not_equal(table["response"], "")))
+        table = pa.table({"instruction": table["prompt"], "response": table["response"]})
+        parts.append(ray.data.from_arrow(table))
+    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    if cfg.data.limit:
+        ds = ds.limit(cfg.data.limit)
+    return ds
+
+
+def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks: list | None = None):
+    """(TorchTrainer, loop config) for a TrainConfig and its dataset."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lamini.runs.rundir import RunDir
+    from lamini.train.config import DEFAULT_LR
+    from lamini.train.loop import (
+        fault_injection_from_env,
+        plan_steps,
+        train_loop_per_worker,
+    )
+    from lamini.train.models import resolve_family
+
+    family = resolve_family(cfg.model)
+    n_rows = dataset.count()
+    total_steps, max_epochs = plan_steps(n_rows, cfg)
+    name = run_root_name or cfg.name
+    storage = RunDir(cfg.run_dir)
+    run_root = storage.uri_of(name)
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = 1
+    loop_cfg = {
+        "config": cfg.model_dump(mode="json"),
+        "family": family,
+        "total_steps": total_steps,
+        "max_epochs": max_epochs,
+        "lr": cfg.optim.lr or DEFAULT_LR[family],
+        "run_root": run_root,
+        "rows": n_rows,
+        "fault": fault_injection_from_env(),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_cfg,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker=resources,
+            accelerator_type=sc.accelerator_type,
+            placement_strategy=sc.placement_strategy,
+        ),
+        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage.uri,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step", checkpoint_score_order="max"
+            ),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer, loop_cfg
+
+
+def read_history(run_root: str) -> list[dict[str, Any]]:
+    from lamini.runs.rundir import RunDir
+
+    rd = RunDir(run_root)
+    if not rd.exists("metrics.jsonl"):
+        return []
+    return [json.loads(line) for line in rd.read_text("metrics.jsonl").splitlines() if line.strip()]
+
+
+def plot_history(history: list[dict[str, Any]], run_root: str) -> str | None:
+    """report/loss.png: loss and learning rate against the step."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lamini.runs.rundir import RunDir
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["loss"] for h in history], marker="o", ms=3, label="loss")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h["lr"] for h in history], color="tab:orange", alpha=0.6, label="learning rate")
+    ax2.set_ylabel("learning rate")
+    ckpts = [h["step"] for h in history if h.get("checkpoint")]
+    for s in ckpts:
+        ax.axvline(s, color="grey", lw=0.5, ls=":")
+    ax.set_title("training loss (dotted: checkpoints)")
+    fig.tight_layout()
+    rd = RunDir(run_root)
+    rd.makedirs("report")
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with rd.fs.open_output_stream(rd.path("report", "loss.png")) as f:
+        f.write(buf.getvalue())
+    return rd.uri_of("report", "loss.png")
+
+
+def run_train(cfg: Any) -> TrainSummary:
+    """Fit one student; re-running the same config resumes from its newest checkpoint."""
+    from lamini.runs.manifest import environment
+    from lamini.runs.ray_env import init_ray
+    from lamini.runs.rundir import RunDir
+
+    t0 = time.perf_counter()
+    init_ray(cfg.ray)
+    dataset = build_dataset(cfg)
+    trainer, loop_cfg = build_trainer(cfg, dataset)
+    log.info(
+        "training %s (%s) on %d rows: %d steps, global batch %d = %d micro x %d accum x %d workers",
+        cfg.model.base, loop_cfg["family"], loop_cfg["rows"], loop_cfg["total_steps"], cfg.global_batch_size,
+        cfg.micro_batch_size, cfg.grad_accum_steps, cfg.scaling.num_workers,
+    )
+    result = trainer.fit()
+    run_root = loop_cfg["run_root"]
+    history = read_history(run_root)
+    plot = plot_history(history, run_root)
+    rd = RunDir(run_root)
+    model_dir = rd.uri_of("model") if cfg.export and rd.exists("model", "config.json") else None
+    # tokens/s of the steady state: the first window holds start-up (compile, first batches).
+    steady = [h for h in history[1:] if h["window_steps"]] or history
+    summary = TrainSummary(
+        run_dir=run_root,
+        model_dir=model_dir,
+        family=loop_cfg["family"],
+        rows=loop_cfg["rows"],
+        steps=history[-1]["step"] if history else 0,
+        total_steps=loop_cfg["total_steps"],
+        final_loss=history[-1]["loss"] if history else None,
+        first_loss=history[0]["loss"] if history else None,
+        tokens_per_s=(sum(h["tokens_per_s"] * h["window_s"] for h in steady) / sum(h["window_s"] for h in steady))
+        if steady
+        else None,
+        mfu=history[-1].get("mfu") if history else None,
+        wall_s=time.perf_counter() - t0,
+    )
+    manifest = {
+        "stage": "train",
+        "config": cfg.model_dump(mode="json"),
+        "family": loop_cfg["family"],
+        "lr": loop_cfg["lr"],
+        "rows": loop_cfg["rows"],
+        "total_steps": loop_cfg["total_steps"],
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "summary": asdict(summary),
+        "loss_plot": plot,
+        "environment": environment(),
+    }
+    rd.write_text("manifest.json", json.dumps(manifest, indent=2, default=str))
+    print(summary.line(), flush=True)
+    return summary

@@ -1,0 +1,137 @@
+"""`lamini tune`: Ray Tune over `lamini train` runs, with ASHA early stopping.
+
+Ray 2.60 runs Train V2, where a TorchTrainer is not itself a Tune trainable: each trial is a
+function trainable that builds and fits its own TorchTrainer, and Ray's TuneReportCallback
+forwards every `ray.train.report` (metrics and checkpoint path) to Tune, so ASHA can stop a
+trial between reports. The trial function asks for a sliver of a CPU: its workers hold the resources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneSummary:
+    run_dir: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    missing: int = 0  # trials that errored
+
+    def line(self) -> str:
+        best = (
+            f"best loss {self.best['loss']:.4f} with {self.best['params']}" if self.best else "no trial finished"
+        )
+        return f"tune: {len(self.trials)} trials ({self.missing} failed), {best}, {self.wall_s:.0f} s -> {self.run_dir}"
+
+
+def apply_params(train: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's TrainConfig dict: the base one with the sampled hyperparameters set."""
+    out = json.loads(json.dumps(train))
+    if "lr" in params:
+        out.setdefault("optim", {})["lr"] = params["lr"]
+    for key in ("global_batch_size", "epochs"):
+        if key in params:
+            out[key] = params[key]
+    return out
+
+
+def _trial(config: dict[str, Any]) -> None:
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lamini.train.config import TrainConfig
+    from lamini.train.trainer import build_dataset, build_trainer
+
+    cfg = TrainConfig.model_validate(apply_params(config["train"], config["params"]))
+    name = f"trial_{ray.tune.get_context().get_trial_id()}"
+    trainer, _ = build_trainer(cfg, build_dataset(cfg), run_root_name=name, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def search_space(cfg: Any) -> dict[str, Any]:
+    from ray import tune
+
+    s = cfg.search
+    space: dict[str, Any] = {}
+    if s.lr:
+        space["lr"] = tune.loguniform(*s.lr)
+    if s.global_batch_size:
+        space["global_batch_size"] = tune.choice(s.global_batch_size)
+    if s.epochs:
+        space["epochs"] = tune.choice(s.epochs)
+    return space
+
+
+def run_tune(cfg: Any) -> TuneSummary:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from lamini.runs.ray_env import init_ray
+    from lamini.runs.rundir import RunDir
+
+    t0 = time.perf_counter()
+    # Tune stops trials by killing them; their Ray Train workers are then released by Train's
+    # placement-group cleaner, which polls the State API: a local Ray needs its dashboard for that.
+    init_ray(cfg.train.ray, dashboard=True)
+    rd = RunDir(cfg.run_dir)
+    train = cfg.train.model_dump(mode="json")
+    train["run_dir"] = rd.uri_of("trials")
+    a = cfg.asha
+    tuner = tune.Tuner(
+        # Tune refuses an empty request; a sliver of a CPU leaves the cores to the trial's workers.
+        tune.with_resources(_trial, {"cpu": 0.01}),
+        param_space={"train": train, "params": search_space(cfg)},
+        tune_config=tune.TuneConfig(
+            scheduler=ASHAScheduler(
+                time_attr="step",
+                metric=a.metric,
+                mode=a.mode,
+                max_t=a.max_t,
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+            ),
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
+            num_samples=cfg.num_samples,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=rd.uri),
+    )
+    grid = tuner.fit()
+    summary = TuneSummary(run_dir=rd.uri)
+    for result in grid:
+        df = result.metrics_dataframe
+        rows = df.to_dict("records") if df is not None else []
+        with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str)]
+        best_row = min(with_ckpt, key=lambda r: r[a.metric] * (1 if a.mode == "min" else -1)) if with_ckpt else None
+        last = result.metrics or {}
+        trial = {
+            "trial_id": last.get("trial_id"),
+            "params": result.config.get("params", {}),
+            "steps": last.get("step"),
+            "loss": last.get(a.metric),
+            "stopped_early": last.get("step", 0) < last.get("total_steps", 0),
+            "history": [{"step": r.get("step"), a.metric: r.get(a.metric)} for r in rows],
+            "best_checkpoint": best_row.get("checkpoint_path") if best_row else None,
+            "best_checkpoint_loss": best_row.get(a.metric) if best_row else None,
+            "error": repr(result.error) if result.error else None,
+        }
+        summary.trials.append(trial)
+        summary.missing += trial["error"] is not None
+    done = [t for t in summary.trials if t["loss"] is not None and not math.isnan(t["loss"])]
+    if done:
+        best = min(done, key=lambda t: t["loss"] * (1 if a.mode == "min" else -1))
+        summary.best = {k: best[k] for k in ("trial_id", "params", "loss", "best_checkpoint")}
+    summary.wall_s = time.perf_counter() - t0
+    rd.write_text("tune_summary.json", json.dumps(asdict(summary), indent=2, default=str))
+    print(summary.line(), flush=True)
+    return summary
+

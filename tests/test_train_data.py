@@ -1,0 +1,175 @@
+"""Training data and DeepSpeed config: pure functions, no Ray, no training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import shared_data
+
+from lamini.train.config import DEFAULT_LR, TrainConfig
+from lamini.train.data import (
+    ALPACA_PROMPT_NO_INPUT,
+    IGNORE_INDEX,
+    EncodeStats,
+    ExampleEncoder,
+    alpaca_prompt,
+    collate,
+    encode_decoder,
+    encode_seq2seq,
+    micro_batches,
+    pack,
+)
+
+
+@pytest.fixture(scope="module")
+def causal_tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from lamini.testing.tiny_models import build_tiny_causal_lm
+
+    return AutoTokenizer.from_pretrained(build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_causal")))
+
+
+@pytest.fixture(scope="module")
+def seq2seq_tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from lamini.testing.tiny_models import build_tiny_seq2seq_lm
+
+    return AutoTokenizer.from_pretrained(build_tiny_seq2seq_lm(tmp_path_factory.mktemp("tiny_s2s")))
+
+
+def alpaca_rows(n: int = 40) -> list[tuple[str, str]]:
+    rows = json.loads(shared_data("alpaca_5000.json").read_text(encoding="utf-8"))[:n]
+    return [(r["instruction"] + (f":{r['input']}" if r["input"] else ""), r["output"]) for r in rows]
+
+
+def test_alpaca_wrapper_is_exact():
+    assert ALPACA_PROMPT_NO_INPUT == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+    )
+    assert alpaca_prompt("Say hi.").endswith("### Instruction:\nSay hi.\n\n### Response:")
+
+
+def test_decoder_labels_cover_exactly_the_response_and_eos(causal_tok):
+    stats = EncodeStats()
+    for instruction, response in alpaca_rows():
+        ex = encode_decoder(instruction, response, causal_tok, max_length=4096, stats=stats)
+        n_prompt = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE_INDEX)
+        # everything before the boundary is masked, everything after is learned
+        assert all(lab == IGNORE_INDEX for lab in ex.labels[:n_prompt])
+        assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+        assert ex.input_ids[-1] == causal_tok.eos_token_id
+        # tokenized together: the ids are those of the whole text, and the boundary falls where the prompt ends
+        together = causal_tok(alpaca_prompt(instruction) + response)["input_ids"]
+        assert ex.input_ids[:-1] == together
+        assert causal_tok.decode(ex.input_ids[:n_prompt]) == alpaca_prompt(instruction)
+        assert causal_tok.decode(ex.labels[n_prompt:-1]) == response
+    assert stats.rows == 40 and stats.boundary_merged == 0
+
+
+def test_a_token_spanning_the_boundary_stays_in_the_prompt(causal_tok):
+    # byte-level BPE may merge the wrapper's last ':' with what follows; that token must not be learned
+    stats = EncodeStats()
+    ex = encode_decoder("Smile.", ":)", causal_tok, max_length=512, stats=stats)
+    learned = [t for t in ex.labels if t != IGNORE_INDEX]
+    assert learned[-1] == causal_tok.eos_token_id
+    text = causal_tok.decode(learned[:-1])
+    assert ":)".endswith(text)  # only response characters are learned, never prompt ones
+
+
+def test_truncation_sides_and_drop(causal_tok):
+    instruction, response = "Explain photosynthesis in detail.", "Plants turn light into sugar. " * 20
+    full = encode_decoder(instruction, response, causal_tok, max_length=10_000)
+    n_prompt = full.labels.index(next(t for t in full.labels if t != IGNORE_INDEX))
+    m = n_prompt + 20  # room for the prompt and part of the response
+    assert len(full.input_ids) > m + 20
+    right = encode_decoder(instruction, response, causal_tok, max_length=m, truncation_side="right")
+    left = encode_decoder(instruction, response, causal_tok, max_length=m, truncation_side="left")
+    assert len(right.input_ids) == len(left.input_ids) == m
+    assert right.input_ids == full.input_ids[:m] and right.labels[n_prompt:] == full.labels[n_prompt:m]
+    assert left.input_ids == full.input_ids[-m:] and left.labels[-1] == causal_tok.eos_token_id
+    assert all(lab != IGNORE_INDEX for lab in left.labels)  # the prompt went first
+    stats = EncodeStats()
+    # right-truncating inside the prompt leaves nothing to learn: the row is dropped and counted
+    assert encode_decoder(instruction * 10, response, causal_tok, max_length=16, stats=stats) is None
+    assert stats.dropped_no_labels == 1 and stats.truncated == 1
+
+
+def test_seq2seq_source_is_the_raw_instruction(seq2seq_tok):
+    instruction, response = alpaca_rows(1)[0]
+    ex = encode_seq2seq(instruction, response, seq2seq_tok, 512, 512)
+    assert "### Instruction" not in seq2seq_tok.decode(ex.input_ids)
+    assert seq2seq_tok.decode(ex.input_ids, skip_special_tokens=True) == instruction
+    assert seq2seq_tok.decode(ex.labels, skip_special_tokens=True) == response
+    short = encode_seq2seq(instruction, response, seq2seq_tok, 8, 6, truncation_side="left")
+    assert short.input_ids == ex.input_ids[-8:] and short.labels == ex.labels[:6]
+
+
+def test_packing_fills_sequences_and_keeps_labels_aligned(causal_tok):
+    examples = [e for i, r in alpaca_rows(30) if (e := encode_decoder(i, r, causal_tok, 128))]
+    packed = list(pack(examples, 128))
+    assert all(len(p.input_ids) == 128 for p in packed[:-1]) and len(packed[-1].input_ids) <= 128
+    flat_ids = [t for e in examples for t in e.input_ids]
+    flat_labels = [t for e in examples for t in e.labels]
+    got_ids = [t for p in packed for t in p.input_ids]
+    assert got_ids == flat_ids[: len(got_ids)]
+    assert [t for p in packed for t in p.labels] == flat_labels[: len(got_ids)]
+    cfg = TrainConfig.model_validate(
+        {"model": {"base": "x"}, "data": {"corpora": [{"format": "alpaca", "path": "x"}], "packing": True,
+         "max_length": 128}, "global_batch_size": 4, "micro_batch_size": 4}
+    )
+    enc = ExampleEncoder(causal_tok, "decoder", cfg.data)
+    assert len(list(enc.examples(alpaca_rows(30)))) == len(packed)
+
+
+def test_collate_masks_padding(causal_tok):
+    examples = [encode_decoder(i, r, causal_tok, 256) for i, r in alpaca_rows(5)]
+    batch = collate(examples, pad_id=0)
+    lengths = [len(e.input_ids) for e in examples]
+    assert batch["input_ids"].shape == (5, max(lengths))
+    for row, n in enumerate(lengths):
+        assert int(batch["attention_mask"][row].sum()) == n
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+    assert [b["input_ids"].shape[0] for b in micro_batches(examples, 2, 0)] == [2, 2, 1]
+
+
+def _cfg(**kw):
+    base = {"model": {"base": "x"}, "data": {"corpora": [{"format": "lamini", "path": "x.parquet"}]}}
+    base.update(kw)
+    return TrainConfig.model_validate(base)
+
+
+def test_batch_arithmetic_and_paper_learning_rates():
+    cfg = _cfg(global_batch_size=1024, micro_batch_size=8, scaling={"num_workers": 16})
+    assert cfg.grad_accum_steps == 8
+    with pytest.raises(ValueError, match="not a multiple"):
+        _cfg(global_batch_size=1000, micro_batch_size=8, scaling={"num_workers": 16})
+    assert DEFAULT_LR == {"encoder-decoder": 5e-4, "decoder": 2e-5}
+    with pytest.raises(ValueError, match="offload_params needs zero_stage 3"):
+        _cfg(deepspeed={"zero_stage": 2, "offload_params": True})
+
+
+def test_deepspeed_config_from_yaml_settings():
+    from lamini.train.strategy import deepspeed_config
+
+    cfg = _cfg(
+        global_batch_size=64, micro_batch_size=4, scaling={"num_workers": 2}, precision="auto",
+        deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True,
+                   "config": {"zero_optimization": {"reduce_bucket_size": 123}}},
+    )
+    gpu = deepspeed_config(cfg, lr=1e-4, total_steps=100, use_gpu=True)
+    assert gpu["gradient_accumulation_steps"] == 8 and gpu["train_batch_size"] == 64
+    assert gpu["bf16"] == {"enabled": True} and "fp16" not in gpu
+    z = gpu["zero_optimization"]
+    assert z["stage"] == 3 and z["stage3_gather_16bit_weights_on_model_save"]
+    assert z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
+    assert z["reduce_bucket_size"] == 123 and z["contiguous_gradients"]  # raw keys merged, others kept
+    assert gpu["optimizer"]["params"]["torch_adam"] is False
+    sched = gpu["scheduler"]["params"]
+    assert sched["total_num_steps"] == 100 and sched["warmup_num_steps"] == 3
+    cpu = deepspeed_config(cfg, lr=1e-4, total_steps=100, use_gpu=False)
+    assert "bf16" not in cpu and cpu["optimizer"]["params"]["torch_adam"] is True
+    assert cpu["zero_force_ds_cpu_optimizer"] is False
