@@ -193,13 +193,19 @@ def test_smollm2_gguf_student_fine_tunes(ray_local, tmp_path):
         "embedded", tmp_path / "runs", model={"base": "embedded", "family": "decoder"},
         optim={"lr": 2e-5}, global_batch_size=2, micro_batch_size=1, max_steps=3, log_every_n_steps=1,
         data={"corpora": [{"format": "alpaca", "path": str(shared_data("alpaca_5000.json"))}], "limit": 16,
-              "max_length": 64}, export=False,
+              "max_length": 64},
     )
     summary = run_train(TrainConfig.model_validate(cfg))
     history = _history(tmp_path / "runs" / "student")
     assert [h["step"] for h in history] == [1, 2, 3] and summary.steps == 3
     assert all(math.isfinite(h["loss"]) and h["loss"] < 10 for h in history)  # a trained model, not random
     assert 1.0e8 < history[0]["n_params"] < 2.0e8  # SmolLM2-135M
+    # exported as a plain (dequantised) Hugging Face folder, chat template and all
+    from transformers import AutoConfig, AutoTokenizer
+
+    exported = tmp_path / "runs" / "student" / "model"
+    assert not hasattr(AutoConfig.from_pretrained(exported), "quantization_config")
+    assert AutoTokenizer.from_pretrained(exported).chat_template
 
 
 def test_tune_runs_two_trials_with_asha(tmp_path, tiny):

@@ -46,9 +46,17 @@ def load_student(spec: Any, family: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    src, _ = model_source(spec)
+    src, gguf = model_source(spec)
     cls = AutoModelForSeq2SeqLM if family == "encoder-decoder" else AutoModelForCausalLM
-    return cls.from_pretrained(src, dtype=getattr(torch, dtype), **_kwargs(spec))
+    model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **_kwargs(spec))
+    if gguf:
+        # transformers dequantises GGUF weights into ordinary tensors on load but keeps the gguf
+        # quantizer attached, which makes save_pretrained refuse; the trained student is not quantized.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
 
 
 def count_params(model) -> int:
