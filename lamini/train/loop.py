@@ -157,7 +157,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     def report(step: int, final: bool) -> None:
         nonlocal t_window
-        loss_sum, n_micro, tokens = _all_sum([window["loss"], window["micro"], window["tokens"]], world, device)
+        loss_sum, n_micro, tokens = _all_sum([float(window["loss"]), window["micro"], window["tokens"]], world, device)
         dt = time.perf_counter() - t_window
         state.tokens_seen += int(tokens)
         tps = tokens / dt if dt > 0 else 0.0
@@ -199,13 +199,13 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         stepped = False
         for group in _synced_steps(micro, accum, world, device):
             for mb in group:
-                mb = {k: v.to(device) for k, v in mb.items()}
+                window["tokens"] += batch_tokens(mb)  # counted on the host: no GPU sync
+                mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
                 loss = engine(**mb).loss
                 engine.backward(loss)
                 engine.step()
-                window["loss"] += float(loss.detach())
+                window["loss"] += loss.detach()  # stays on the device until the report
                 window["micro"] += 1
-                window["tokens"] += batch_tokens(mb)
             stepped = True
             window["steps"] += 1
             state.micro_in_epoch += accum
