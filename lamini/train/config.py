@@ -181,7 +181,12 @@ class ASHASettings(StrictModel):
 
     metric: str = Field("loss", description="Reported metric the scheduler compares.")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
-    max_t: int = Field(1000, ge=1, description="Most optimiser steps a trial may run.")
+    max_t: int = Field(
+        1000,
+        ge=1,
+        description="ASHA's step horizon. Keep it above the trials' max_steps: a trial Tune stops (early, or at "
+        "max_t) leaves its Ray Train workers to Train's placement-group cleaner, which needs the State API.",
+    )
     grace_period: int = Field(10, ge=1, description="Steps every trial runs before it may be stopped.")
     reduction_factor: float = Field(3.0, gt=1, description="Fraction of trials kept at each rung (1/factor).")
 
