@@ -42,8 +42,14 @@ import pyarrow as pa  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from benchmarks.machine import machine_busy_s  # noqa: E402
 from lamini import SYSTEM_PROMPT  # noqa: E402
-from lamini.config import GenerationParams, OpenAITeacherConfig, PipelineConfig, ResponsesConfig  # noqa: E402
+from lamini.config import (  # noqa: E402
+    GenerationParams,
+    OpenAITeacherConfig,
+    PipelineConfig,
+    ResponsesConfig,
+)
 from lamini.testing.fake_openai import FakeOpenAIServer  # noqa: E402
 
 RAY_TMP = "/tmp/lamini-bench-ray"
@@ -101,8 +107,8 @@ def write_corpus(dirname: Path, n: int) -> Path:
 
 def read_prompt_table(corpus: Path) -> pa.Table:
     """The corpus as our reader sees it (id, prompt): the same prompts go to (b) and (c)."""
-    from lamini.corpus import RejectLog, read_corpora
     from lamini.config import CorpusSpec
+    from lamini.corpus import RejectLog, read_corpora
 
     table = read_corpora([CorpusSpec(format="generic", path=str(corpus))], on_error="raise", rejects=RejectLog())
     return table.select(["id", "prompt"])
@@ -123,14 +129,6 @@ def chat_payload(prompt: str, model: str = "fake-teacher") -> dict[str, Any]:
 # ------------------------------------------------------------------------------ measuring
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine spent busy (from /proc/stat), to put CPU per request in context."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 class Meter:
     """Wall time, server requests and CPU, machine CPU, over one contender's run."""
 
@@ -140,13 +138,13 @@ class Meter:
     def __enter__(self) -> "Meter":
         self.server.reset_stats()
         self.s0 = self.server.stats()
-        self.busy0 = _machine_busy_s()
+        self.busy0 = machine_busy_s()
         self.t0 = time.monotonic()  # the server stamps arrivals with time.monotonic() too: one clock
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.monotonic() - self.t0
-        busy = _machine_busy_s() - self.busy0
+        busy = machine_busy_s() - self.busy0
         s1 = self.server.stats(detail=True)
         arrivals = sorted(t for ts in s1["times_by_prompt"].values() for t in ts)
         self.requests = s1["requests"]
@@ -227,7 +225,9 @@ def run_bare(server: FakeOpenAIServer, prompts: list[str]) -> dict[str, Any]:
 
 
 def _ray_llm_async_batches() -> int:
-    from ray.data._internal.planner.plan_udf_map_op import DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY
+    from ray.data._internal.planner.plan_udf_map_op import (
+        DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY,
+    )
 
     return DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY
 

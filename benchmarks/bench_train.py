@@ -61,6 +61,8 @@ from contextlib import nullcontext  # noqa: E402
 from itertools import islice, pairwise  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.machine import machine_busy_s  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "alpaca_5000.json"
 RAY_TMP = "/tmp/lamini-bench-train"  # short: Ray's unix sockets live under it (108-byte path limit)
 MODELS_DIR = ROOT / ".cache" / "bench_train"  # built students, reused across runs
@@ -84,14 +86,6 @@ GPU_FALLBACK_SIZES = dict(max_length=1024, micro_batch=8, accum=4)
 
 
 # ------------------------------------------------------------------------------ machine
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine spent busy (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class LoadMonitor:
@@ -139,7 +133,7 @@ class LoadMonitor:
         return {pid: cpu[pid] for pid in tree if pid in cpu}
 
     def _sample(self) -> None:
-        self.samples.append((time.monotonic(), _machine_busy_s(), self._tree_cpu()))
+        self.samples.append((time.monotonic(), machine_busy_s(), self._tree_cpu()))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -181,9 +175,9 @@ def _load(t0: float, t1: float) -> dict[str, float | None]:
 
 def background_load(seconds: float = 1.0) -> float:
     """Cores busy on the whole machine over `seconds` while this script idles: other people's load."""
-    b0, t0 = _machine_busy_s(), time.monotonic()
+    b0, t0 = machine_busy_s(), time.monotonic()
     time.sleep(seconds)
-    return round((_machine_busy_s() - b0) / (time.monotonic() - t0), 2)
+    return round((machine_busy_s() - b0) / (time.monotonic() - t0), 2)
 
 
 def machine_info() -> dict[str, Any]:
@@ -438,7 +432,12 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lamini.train.data import ExampleEncoder, batch_tokens, micro_batches, pad_token_id
+    from lamini.train.data import (
+        ExampleEncoder,
+        batch_tokens,
+        micro_batches,
+        pad_token_id,
+    )
     from lamini.train.models import count_params
     from lamini.train.strategy import param_groups
 

@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT, descendants, kill_all, shared_data
 
 from lamini.train.config import TrainConfig, TuneConfig
+from lamini.train.trainer import read_history
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,6 @@ def _cfg(model_dir, run_dir, **kw) -> dict:
     return cfg
 
 
-def _history(run_root) -> list[dict]:
-    return [json.loads(line) for line in (run_root / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
 def test_tiny_student_learns_and_its_export_reloads(ray_local, tmp_path, tiny, family):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -68,7 +65,7 @@ def test_tiny_student_learns_and_its_export_reloads(ray_local, tmp_path, tiny, f
 
     summary = run_train(TrainConfig.model_validate(_cfg(tiny[family], tmp_path / "runs")))
     assert summary.family == family and summary.steps == 30 and summary.rows == 256
-    history = _history(tmp_path / "runs" / "student")
+    history = read_history(tmp_path / "runs" / "student")
     assert [h["step"] for h in history] == [5, 10, 15, 20, 25, 30]
     losses = [h["loss"] for h in history]
     assert losses[-1] < 0.9 * losses[0] and losses == sorted(losses, reverse=True), losses
@@ -105,7 +102,7 @@ def test_worker_failure_restarts_from_the_latest_checkpoint(ray_local, tmp_path,
     )
     summary = run_train(TrainConfig.model_validate(cfg))
     assert marker.exists(), "the injected failure did not happen"
-    history = _history(tmp_path / "runs" / "student")
+    history = read_history(tmp_path / "runs" / "student")
     assert [h["step"] for h in history] == list(range(1, 13)) and summary.steps == 12
 
 
@@ -135,7 +132,7 @@ def test_zero_run_killed_and_rerun_continues_where_it_stopped(tmp_path, tiny, st
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and any(h["step"] >= 20 for h in _history(run_dir / "student")):
+            if metrics.exists() and any(h["step"] >= 20 for h in read_history(run_dir / "student")):
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "ended before the kill:\n" + (tmp_path / "first.log").read_text()[-3000:]
@@ -143,7 +140,7 @@ def test_zero_run_killed_and_rerun_continues_where_it_stopped(tmp_path, tiny, st
         proc.wait(timeout=30)
     finally:
         kill_all([proc.pid, *descendants(proc.pid)])
-    killed = _history(run_dir / "student")
+    killed = read_history(run_dir / "student")
     assert 20 <= killed[-1]["step"] < 48
 
     second = _run_cli(cfg_path, tmp_path / "second.log", env)
@@ -152,7 +149,7 @@ def test_zero_run_killed_and_rerun_continues_where_it_stopped(tmp_path, tiny, st
     ckpt = int(re.search(r"rank 0 resumed at step (\d+)", log_text).group(1))
     # the newest stored checkpoint: the last one the killed run had finished reporting
     assert ckpt == max(h["step"] for h in killed if h["checkpoint"]) and ckpt >= 16
-    resumed = _history(run_dir / "student")
+    resumed = read_history(run_dir / "student")
     assert [h["step"] for h in resumed] == list(range(2, 49, 2))  # no step lost, none repeated
     n = ckpt // 2  # entries up to the checkpoint
     # Up to the checkpoint the curve is the killed run's own; after it, the re-run retraces the
@@ -196,7 +193,7 @@ def test_smollm2_gguf_student_fine_tunes(ray_local, tmp_path):
               "max_length": 64},
     )
     summary = run_train(TrainConfig.model_validate(cfg))
-    history = _history(tmp_path / "runs" / "student")
+    history = read_history(tmp_path / "runs" / "student")
     assert [h["step"] for h in history] == [1, 2, 3] and summary.steps == 3
     assert all(math.isfinite(h["loss"]) and h["loss"] < 10 for h in history)  # a trained model, not random
     assert 1.0e8 < history[0]["n_params"] < 2.0e8  # SmolLM2-135M
@@ -220,7 +217,10 @@ def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
         "train": train,
         "search": {"lr": [1e-3, 1e-2], "global_batch_size": [4, 8]},
         "num_samples": 2,
-        "asha": {"max_t": 6, "grace_period": 2},
+        # max_t above the 6 steps: a trial that runs to the end finishes on its own; one that Tune
+        # stops leaves its workers to Train's placement-group cleaner, which cannot find its Ray
+        # while the test session's Ray also runs on this machine (the next trial would wait for CPUs).
+        "asha": {"max_t": 7, "grace_period": 2},
     }
     TuneConfig.model_validate(cfg)
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
@@ -264,6 +264,6 @@ def test_bf16_zero_training_on_a_gpu(ray_local, tmp_path, tiny, stage):
         scaling={"num_workers": 1, "use_gpu": True, "cpus_per_worker": 1}, max_steps=20,
     )
     summary = run_train(TrainConfig.model_validate(cfg))
-    history = _history(tmp_path / "runs" / "student")
+    history = read_history(tmp_path / "runs" / "student")
     assert summary.steps == 20 and history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["peak_flops_source"].startswith("spec:")

@@ -91,16 +91,11 @@ def _maybe_fail(fault: dict[str, str] | None, step: int, rank: int) -> None:
         os._exit(17)
 
 
-def _write_history(run_root: str, history: list[dict[str, Any]]) -> None:
-    from lamini.runs.rundir import RunDir
-
-    RunDir(run_root).write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-
-
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    from lamini.runs.rundir import RunDir
     from lamini.train.config import TrainConfig
     from lamini.train.data import (
         ExampleEncoder,
@@ -148,6 +143,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         # print, not log: a Ray worker's stdout reaches the driver's console, its INFO logs do not
         print(f"lamini train: rank {rank} resumed at step {strategy.global_step} (epoch {state.epoch})", flush=True)
 
+    run = RunDir(loop_cfg["run_root"]) if rank == 0 else None  # rank 0 writes the metrics and the export
     shard = ray.train.get_dataset_shard("train")
     pad_id = pad_token_id(tokenizer)
     accum = cfg.grad_accum_steps
@@ -185,8 +181,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if os.listdir(tmp) else None)
         else:
             ray.train.report(metrics)
-        if rank == 0:  # after the report: a "checkpoint" entry in the file is one already stored
-            _write_history(loop_cfg["run_root"], state.history)
+        if run is not None:  # after the report: a "checkpoint" entry in the file is one already stored
+            run.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         window.update(loss=0.0, micro=0, tokens=0, steps=0)
         t_window = time.perf_counter()
 
@@ -230,16 +226,18 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "rank 0 done: step %d, %.0f s, %s", strategy.global_step, time.perf_counter() - t_start, encoder.stats
         )
     if cfg.export:
-        _export(cfg, strategy, engine, tokenizer, precision, loop_cfg["run_root"], rank)
+        _export(cfg, strategy, engine, tokenizer, precision, run)
 
 
-def _export(cfg, strategy, engine, tokenizer, precision: str, run_root: str, rank: int) -> None:
-    """Consolidate (ZeRO-3: gather shards; collective) and write a Hugging Face folder to run_root/model."""
+def _export(cfg, strategy, engine, tokenizer, precision: str, run) -> None:
+    """Consolidate (ZeRO-3: gather shards; collective) and write a Hugging Face folder to run/model.
+
+    Every rank takes part in the gathering; `run` is the run directory on rank 0, None elsewhere."""
     import pyarrow.fs as pafs
     import torch
 
     state_dict = strategy.consolidated_state_dict()
-    if rank != 0:
+    if run is None:
         return
     dtype = cfg.export_dtype
     if dtype == "auto":
@@ -251,15 +249,12 @@ def _export(cfg, strategy, engine, tokenizer, precision: str, run_root: str, ran
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        from lamini.runs.rundir import RunDir
-
-        out = RunDir(run_root)
-        dest = out.path("model")
-        if out.exists("model"):
-            out.fs.delete_dir(dest)
-        out.fs.create_dir(dest, recursive=True)
-        pafs.copy_files(tmp, dest, destination_filesystem=out.fs)
-    print(f"lamini train: exported the {dtype} model to {out.uri_of('model')}", flush=True)
+        dest = run.path("model")
+        if run.exists("model"):
+            run.fs.delete_dir(dest)
+        run.fs.create_dir(dest, recursive=True)
+        pafs.copy_files(tmp, dest, destination_filesystem=run.fs)
+    print(f"lamini train: exported the {dtype} model to {run.uri_of('model')}", flush=True)
 
 
 def plan_steps(n_rows: int, cfg: Any) -> tuple[int, float]:

@@ -133,25 +133,24 @@ def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks
     return trainer, loop_cfg
 
 
-def read_history(run_root: str) -> list[dict[str, Any]]:
+def read_history(run_root) -> list[dict[str, Any]]:
+    """The metrics.jsonl entries of a training run (run_dir/name: a path or URI), oldest first."""
     from lamini.runs.rundir import RunDir
 
-    rd = RunDir(run_root)
+    rd = RunDir(str(run_root))
     if not rd.exists("metrics.jsonl"):
         return []
     return [json.loads(line) for line in rd.read_text("metrics.jsonl").splitlines() if line.strip()]
 
 
-def plot_history(history: list[dict[str, Any]], run_root: str) -> str | None:
-    """report/loss.png: loss and learning rate against the step."""
+def plot_history(history: list[dict[str, Any]], rd) -> str | None:
+    """report/loss.png in the run directory `rd`: loss and learning rate against the step."""
     if not history:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lamini.runs.rundir import RunDir
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -166,7 +165,6 @@ def plot_history(history: list[dict[str, Any]], run_root: str) -> str | None:
         ax.axvline(s, color="grey", lw=0.5, ls=":")
     ax.set_title("training loss (dotted: checkpoints)")
     fig.tight_layout()
-    rd = RunDir(run_root)
     rd.makedirs("report")
     import io
 
@@ -196,8 +194,8 @@ def run_train(cfg: Any) -> TrainSummary:
     result = trainer.fit()
     run_root = loop_cfg["run_root"]
     history = read_history(run_root)
-    plot = plot_history(history, run_root)
     rd = RunDir(run_root)
+    plot = plot_history(history, rd)
     model_dir = rd.uri_of("model") if cfg.export and rd.exists("model", "config.json") else None
     # tokens/s of the steady state: the first window holds start-up (compile, first batches).
     steady = [h for h in history[1:] if h["window_steps"]] or history
