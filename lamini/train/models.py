@@ -5,19 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def model_source(spec: Any) -> tuple[str, str | None]:
-    """(what from_pretrained loads, gguf_file kwarg or None) for a StudentModelSpec."""
+def model_source(spec: Any) -> tuple[str, dict[str, Any]]:
+    """(what from_pretrained loads, its keyword arguments: gguf_file, trust_remote_code) for a StudentModelSpec."""
     from lamini.teachers.hf_local import resolve_model_source
 
-    return resolve_model_source(None if spec.base == "embedded" else spec.base, spec.gguf_file)
-
-
-def _kwargs(spec: Any) -> dict[str, Any]:
-    _, gguf = model_source(spec)
+    src, gguf = resolve_model_source(None if spec.base == "embedded" else spec.base, spec.gguf_file)
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if gguf:
         kw["gguf_file"] = gguf
-    return kw
+    return src, kw
 
 
 def resolve_family(spec: Any) -> str:
@@ -26,16 +22,15 @@ def resolve_family(spec: Any) -> str:
         return spec.family
     from transformers import AutoConfig
 
-    src, _ = model_source(spec)
-    conf = AutoConfig.from_pretrained(src, **_kwargs(spec))
+    src, kw = model_source(spec)
+    conf = AutoConfig.from_pretrained(src, **kw)
     return "encoder-decoder" if getattr(conf, "is_encoder_decoder", False) else "decoder"
 
 
 def load_tokenizer(spec: Any):
     from transformers import AutoTokenizer
 
-    src, _ = model_source(spec)
-    kw = _kwargs(spec)
+    src, kw = model_source(spec)
     if spec.tokenizer:
         src, kw = spec.tokenizer, {"trust_remote_code": spec.trust_remote_code}
     return AutoTokenizer.from_pretrained(src, **kw)
@@ -46,10 +41,10 @@ def load_student(spec: Any, family: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    src, gguf = model_source(spec)
+    src, kw = model_source(spec)
     cls = AutoModelForSeq2SeqLM if family == "encoder-decoder" else AutoModelForCausalLM
-    model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **_kwargs(spec))
-    if gguf:
+    model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
+    if "gguf_file" in kw:
         # transformers dequantises GGUF weights into ordinary tensors on load but keeps the gguf
         # quantizer attached, which makes save_pretrained refuse; the trained student is not quantized.
         model.hf_quantizer = None
