@@ -21,6 +21,7 @@ from lamini.config import (
     ToxicityConfig,
     load_config,
 )
+from lamini.evaluate.config import BenchStudentsConfig, EvalConfig, HallucinationConfig, ToxicityProbeConfig
 from lamini.train.config import TrainConfig, TuneConfig
 
 # subcommand -> (config class, "module:function" that takes the config and returns a summary)
@@ -60,7 +61,29 @@ STAGES: dict[str, tuple[type, str, str]] = {
         "lamini.train.tune:run_tune",
         "Ray Tune search (learning rate, batch size, epochs) over training runs, with ASHA early stopping.",
     ),
+    "probe hallucination": (
+        HallucinationConfig,
+        "lamini.evaluate.hallucination:run_hallucination",
+        "The 40 false-premise questions: student answers, LLM and human judges, Table 5.",
+    ),
+    "probe toxicity": (
+        ToxicityProbeConfig,
+        "lamini.evaluate.toxicity_probe:run_toxicity_probe",
+        "RealToxicityPrompts continuations scored with detoxify, per prompt group and student: Table 6.",
+    ),
+    "eval": (
+        EvalConfig,
+        "lamini.evaluate.lm_eval_runner:run_eval",
+        "Zero-shot lm-evaluation-harness tasks (the paper's 15) for every student: Tables 9-14, Figure 4.",
+    ),
+    "bench students": (
+        BenchStudentsConfig,
+        "lamini.evaluate.bench:run_bench_students",
+        "Student throughput: tokens/s, requests/s, p50/p95 latency, peak memory per engine and batch size.",
+    ),
 }
+# Two-word stages (`lamini probe toxicity`) are subcommands of a group command.
+GROUPS = {"probe": "Probe students for hallucination or toxicity.", "bench": "Benchmarks of students."}
 
 # Stages whose one required input can be given positionally: `lamini analyze RUN_DIR`.
 POSITIONAL = {"analyze": ("input", "Run directory or LaMini-schema Parquet file/folder to analyse.")}
@@ -68,9 +91,18 @@ POSITIONAL = {"analyze": ("input", "Run directory or LaMini-schema Parquet file/
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lamini", description="Distil a teacher LLM into small students on Ray.")
-    sub = p.add_subparsers(dest="stage", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    groups = {}
     for name, (cls, _, help_text) in STAGES.items():
-        s = sub.add_parser(name, help=help_text, description=help_text)
+        group, _, leaf = name.rpartition(" ")
+        if group:
+            if group not in groups:
+                g = sub.add_parser(group, help=GROUPS[group], description=GROUPS[group])
+                groups[group] = g.add_subparsers(dest="subcommand", required=True)
+            s = groups[group].add_parser(leaf, help=help_text, description=help_text)
+        else:
+            s = sub.add_parser(name, help=help_text, description=help_text)
+        s.set_defaults(stage=name)
         if name in POSITIONAL:
             field, field_help = POSITIONAL[name]
             s.add_argument(field, nargs="?", help=field_help)

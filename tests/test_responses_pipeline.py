@@ -214,9 +214,10 @@ def test_every_config_in_configs_loads():
     files = sorted((ROOT / "configs").rglob("*.yaml"))
     assert files
     for f in files:
-        # configs/<stage>[_variant].yaml, with '-' in stage names written '_'; configs/<stage>/*.yaml (the zoo)
+        # configs/<stage>[_variant].yaml, with '-' and ' ' in stage names written '_' (probe_toxicity.yaml
+        # is `lamini probe toxicity`); configs/<stage>/*.yaml (the zoo)
         name = f.parent.name if f.parent != ROOT / "configs" else f.stem.replace("_", "-")
-        stage = next(st for st in sorted(STAGES, key=len, reverse=True) if name.startswith(st))
+        stage = next(st for st in sorted(STAGES, key=len, reverse=True) if name.startswith(st.replace(" ", "-")))
         load_config(STAGES[stage][0], f)
 
 
@@ -243,12 +244,15 @@ def test_import_and_help_stay_light():
     code = (
         "import sys, contextlib, io\n"
         "import lamini, lamini.cli, lamini.config, lamini.teachers, lamini.corpus, lamini.train.config\n"
+        "import lamini.evaluate.config, lamini.evaluate.inference, lamini.evaluate.engines\n"
+        "import lamini.evaluate.hallucination, lamini.evaluate.ratings, lamini.evaluate.toxicity_probe\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         "        lamini.cli.main(['--help'])\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "print(','.join(m for m in ('torch', 'transformers', 'vllm', 'deepspeed') if m in sys.modules))\n"
+        "heavy = ('torch', 'transformers', 'vllm', 'deepspeed', 'lm_eval', 'detoxify')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -109,7 +109,7 @@ class HFTeacher:
         self.has_chat_template = bool(getattr(tok, "chat_template", None))
         if not self.has_chat_template:
             log.warning("%s has no chat template: prompts are the messages' text joined plainly", self.source)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = model_eos_ids(self.model, self.tokenizer)
 
     @staticmethod
     def _device_dtype(cfg: Any):
@@ -122,15 +122,6 @@ class HFTeacher:
             raise RuntimeError("teacher.device is 'cuda' but torch sees no CUDA GPU")
         name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
         return device, getattr(torch, name)
-
-    def _eos_ids(self) -> set[int]:
-        # generation_config may list several stop ids (Llama 3: <|eot_id|> and <|end_of_text|>).
-        ids: set[int] = set()
-        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if src is None:
-                continue
-            ids.update(src if isinstance(src, (list, tuple)) else [src])
-        return ids
 
     def describe(self) -> dict[str, Any]:
         """What the run manifest records about this teacher."""
@@ -179,51 +170,19 @@ class HFTeacher:
     def _generate_chunk(
         self, prompts: list[str], max_tokens: int, temperature: float, top_p: float, seed: int | None
     ) -> list[ChatResult]:
-        torch = self._torch
-        t0 = time.perf_counter()
-        try:
-            enc = self.tokenizer(
-                prompts,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.cfg.max_input_tokens,
-                # The chat template already wrote any BOS the model wants.
-                add_special_tokens=not self.has_chat_template,
-            ).to(self.device)
-            if temperature > 0:
-                # top_k=0 switches off transformers' default top-k of 50, so sampling means
-                # what it means for the vLLM and OpenAI backends: temperature and top_p only.
-                sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-            else:
-                # None silences warnings from models whose generation_config sets sampling.
-                sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if seed is not None:
-                torch.manual_seed(seed)  # seeds CUDA too
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **enc, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
-                )
-            new = out[:, enc["input_ids"].shape[1] :].tolist()
-            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        except Exception as e:  # noqa: BLE001 - the chunk fails, the run goes on
-            if self.device == "cuda":
-                torch.cuda.empty_cache()  # after an OOM, let the next chunk start clean
-            msg = f"{type(e).__name__}: {e}"
-            log.warning("generation failed for a chunk of %d prompts: %s", len(prompts), msg)
-            return [ChatResult(error=msg, error_kind="generation", latency_s=time.perf_counter() - t0) for _ in prompts]
-
-        results = []
-        for ids, n_prompt in zip(new, prompt_lens):
-            ids, finish = _finish(ids, self.eos_ids, max_tokens)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            results.append(
-                ChatResult(text=text, finish_reason=finish, prompt_tokens=int(n_prompt), completion_tokens=len(ids))
-            )
-        latency = time.perf_counter() - t0
-        for r in results:
-            r.latency_s = latency
-        return results
+        return batched_generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            eos_ids=self.eos_ids,
+            max_input_tokens=self.cfg.max_input_tokens,
+            # The chat template already wrote any BOS the model wants.
+            add_special_tokens=not self.has_chat_template,
+        )
 
     def close(self) -> None:
         """Free the model (and GPU memory)."""
@@ -233,4 +192,85 @@ class HFTeacher:
             self._torch.cuda.empty_cache()
 
 
-__all__ = ["HFTeacher", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]
+def batched_generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    eos_ids: set[int],
+    max_input_tokens: int,
+    add_special_tokens: bool = True,
+    min_tokens: int = 0,
+) -> list[ChatResult]:
+    """One generate() call over `prompts` -> one ChatResult per prompt (teachers and students share it).
+
+    Works for causal LMs (the tokenizer must pad on the left) and encoder-decoder models (the
+    output holds only the decoder's ids, after its start token). `min_tokens` > 0 suppresses EOS
+    until that many tokens are written (benchmarks use it for equal-length outputs). A failure
+    (OOM, invalid parameters) comes back as error results for every prompt of the call.
+    """
+    import torch
+
+    device = model.device
+    t0 = time.perf_counter()
+    try:
+        enc = tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_input_tokens,
+            add_special_tokens=add_special_tokens,
+        ).to(device)
+        if temperature > 0:
+            # top_k=0 switches off transformers' default top-k of 50, so sampling means
+            # what it means for the vLLM and OpenAI backends: temperature and top_p only.
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            # None silences warnings from models whose generation_config sets sampling.
+            sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if min_tokens:
+            sampling["min_new_tokens"] = min(min_tokens, max_tokens)
+        if seed is not None:
+            torch.manual_seed(seed)  # seeds CUDA too
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+        if model.config.is_encoder_decoder:
+            new = out[:, 1:].tolist()  # drop the decoder start token
+        else:
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+    except Exception as e:  # noqa: BLE001 - the chunk fails, the run goes on
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # after an OOM, let the next chunk start clean
+        msg = f"{type(e).__name__}: {e}"
+        log.warning("generation failed for a chunk of %d prompts: %s", len(prompts), msg)
+        return [ChatResult(error=msg, error_kind="generation", latency_s=time.perf_counter() - t0) for _ in prompts]
+
+    results = []
+    for ids, n_prompt in zip(new, prompt_lens):
+        ids, finish = _finish(ids, eos_ids, max_tokens)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        results.append(ChatResult(text=text, finish_reason=finish, prompt_tokens=int(n_prompt), completion_tokens=len(ids)))
+    latency = time.perf_counter() - t0
+    for r in results:
+        r.latency_s = latency
+    return results
+
+
+def model_eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a generation: generation_config may list several (Llama 3: <|eot_id|>
+    and <|end_of_text|>), plus the tokenizer's EOS."""
+    ids: set[int] = set()
+    for src in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if src is None:
+            continue
+        ids.update(src if isinstance(src, (list, tuple)) else [src])
+    return ids
+
+
+__all__ = ["HFTeacher", "batched_generate", "model_eos_ids", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]

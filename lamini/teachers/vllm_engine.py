@@ -79,11 +79,32 @@ def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: Any) -> dic
     (`id` included); one whose name the engine uses travels as STASH + name.
     """
     req = build_request(row[PROMPT_COLUMN], system_prompt, gen)
-    out = {(STASH + k if k in ENGINE_COLUMNS else k): v for k, v in row.items()}
+    out = _carry(row)
     out["messages"] = req.messages
     out["sampling_params"] = sampling_params_of(req)
     out[MAX_TOKENS_COLUMN] = req.max_tokens
     return out
+
+
+def to_vllm_text_row(row: dict[str, Any], text_column: str, gen: Any, ignore_eos: bool = False) -> dict[str, Any]:
+    """A row whose `text_column` is the finished prompt text (no chat template: students see
+    the Alpaca wrapper or the raw instruction) -> the row Ray's vLLM processor takes with its
+    chat-template stage off. Input columns travel as in `to_vllm_row`. ignore_eos: keep
+    writing to max_tokens (benchmarks compare equal-length outputs)."""
+    req = build_request(row[text_column], None, gen)
+    out = _carry(row)
+    out["prompt"] = row[text_column]
+    params = sampling_params_of(req)
+    if ignore_eos:
+        params["ignore_eos"] = True
+    out["sampling_params"] = params
+    out[MAX_TOKENS_COLUMN] = req.max_tokens
+    return out
+
+
+def _carry(row: dict[str, Any]) -> dict[str, Any]:
+    """The input columns, those the engine uses renamed to STASH + name (from_vllm_row restores them)."""
+    return {(STASH + k if k in ENGINE_COLUMNS else k): v for k, v in row.items()}
 
 
 def from_vllm_row(row: dict[str, Any], max_model_len: int | None = None) -> dict[str, Any]:
@@ -265,4 +286,5 @@ __all__ = [
     "results_table",
     "sampling_params_of",
     "to_vllm_row",
+    "to_vllm_text_row",
 ]

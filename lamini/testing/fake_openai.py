@@ -12,8 +12,10 @@ the client's event loop) and talks to it over a small admin API:
 Routes: POST /v1/chat/completions and the Azure form
 POST /openai/deployments/{name}/chat/completions?api-version=... answer
 "echo: <last user message>", cut to max_tokens words (finish_reason "length"), with usage
-counted as whitespace words. GET /admin/stats[?detail=1], POST /admin/config, POST
-/admin/reset, GET /health.
+counted as whitespace words. Two prompt kinds get teacher-like replies instead:
+instruction-generation prompts (N <example> blocks) and the hallucination judge's rubric
+("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`). GET /admin/stats[?detail=1], POST
+/admin/config, POST /admin/reset, GET /health.
 
 Faults, by marker in the user message: "[fault:KIND]" fails every attempt of that prompt,
 "[fault:KINDxN]" fails its first N attempts and then succeeds; or at random with
@@ -290,8 +292,36 @@ def _generation_reply(prompt: str) -> str | None:
     return "\n".join(f"<example>{x}</example>" for x in out)
 
 
+_JUDGE = re.compile(r"<answer>\n(.*?)\n</answer>.*VERDICT:", re.S)
+# Phrases with which an answer refuses a false premise: the fake judge's whole rubric.
+REFUSALS = ("does not exist", "doesn't exist", "did not happen", "didn't happen", "never happened", "there is no",
+            "there was no", "no such", "not aware", "i don't know", "i do not know", "cannot", "can't", "impossible",
+            "fictional", "not real", "no record", "false premise", "has not happened", "hasn't happened", "not yet")
+
+
+def fake_judge_verdict(answer: str) -> tuple[str, str]:
+    """The fake judge's rule, for tests to compare with: an answer that uses a refusal phrase (or
+    is empty) rejected the premise; any other answer hallucinated. -> (VERDICT word, reason)."""
+    low = answer.lower()
+    hit = next((p for p in REFUSALS if p in low), None)
+    if hit or not answer.strip():
+        return "REJECTED", f"the answer says {hit!r}" if hit else "the answer is empty"
+    return "HALLUCINATED", "the answer accepts the premise and gives details"
+
+
+def _judge_reply(prompt: str) -> str | None:
+    """A reply to a hallucination-judge rubric (lamini/prompts/hallucination_judge.txt)."""
+    m = _JUDGE.search(prompt)
+    if not m:
+        return None
+    verdict, reason = fake_judge_verdict(m.group(1))
+    return f"VERDICT: {verdict}\nREASON: {reason}"
+
+
 def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
     generated = _generation_reply(prompt)
+    if generated is None:
+        generated = _judge_reply(prompt)
     words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
     finish = "stop"

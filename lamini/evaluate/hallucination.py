@@ -1,0 +1,336 @@
+"""`lamini probe hallucination`: the paper's 40 false-premise questions (section 6, Table 5).
+
+Plan of a run (every step resumable: a re-run reuses the files a step finished):
+
+    questions (JSONL id, question, category)
+      -> every student answers (lamini.evaluate.inference, one actor pool per student)
+           run/answers/<student>.parquet
+      -> every LLM judge grades every answer with the written rubric (any teacher backend, on
+         the teacher actor pool), keeping its reason: run/verdicts/<judge>.parquet
+      -> run/ratings_sheet.csv: the rating sheet for people (answers + the LLM's verdict)
+      -> filled sheets listed in `ratings` are imported as human judges (lamini.evaluate.ratings)
+      -> run/table5.md, table5.json, table5.png: hallucinated answers per student and judge,
+         in total and per category (lower is better), and how often the judges agree.
+
+An answer a judge could not grade (the student failed, the judge's reply has no verdict, the
+request failed) is kept with its reason and counted as `unjudged`, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lamini.evaluate.config import HallucinationConfig, JudgeConfig
+from lamini.runs import manifest as mf
+from lamini.runs.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("did_not_happen", "far_future", "nonsense", "obscure")
+CATEGORY_TITLES = {"did_not_happen": "Did not happen", "far_future": "Far future", "nonsense": "Nonsense", "obscure": "Obscure"}
+VERDICTS = ("rejected", "hallucinated")
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("student", pa.string()),
+        ("question_id", pa.string()),
+        ("category", pa.string()),
+        ("verdict", pa.string()),  # rejected | hallucinated | null (unjudged)
+        ("reason", pa.string()),
+        ("judge", pa.string()),
+        ("error_kind", pa.string()),
+    ]
+)
+_VERDICT = re.compile(r"verdict\W*(rejected|hallucinated)", re.I)
+_REASON = re.compile(r"reason\W*(.+)", re.I | re.S)
+
+
+def read_questions(path: str | None) -> pa.Table:
+    """The questions file (JSONL id, question, category) -> table `id`, `instruction`, `category`.
+
+    None reads the paper's 40 questions packaged with lamini. A bad line raises CorpusError
+    naming the file and line.
+    """
+    from lamini.corpus import CorpusError
+
+    if path is None:
+        text = resources.files("lamini.evaluate").joinpath("data/hallucination_questions.jsonl").read_text("utf-8")
+        path = "lamini/evaluate/data/hallucination_questions.jsonl"
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    ids, questions, cats = [], [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(path, n, f"not JSON: {e.msg}") from None
+        if not isinstance(obj, dict) or not str(obj.get("question") or "").strip() or obj.get("id") is None:
+            raise CorpusError(path, n, "expected an object with `id` and a non-empty `question`")
+        cat = obj.get("category")
+        if cat not in CATEGORIES:
+            raise CorpusError(path, n, f"category {cat!r} is not one of {list(CATEGORIES)}")
+        if str(obj["id"]) in ids:
+            raise CorpusError(path, n, f"id {obj['id']!r} repeats an earlier line")
+        ids.append(str(obj["id"]))
+        questions.append(str(obj["question"]).strip())
+        cats.append(cat)
+    if not ids:
+        raise CorpusError(path, None, "no questions")
+    return pa.table({"id": ids, "instruction": questions, "category": cats})
+
+
+def load_rubric(path: str | None) -> str:
+    if path is None:
+        return resources.files("lamini").joinpath("prompts/hallucination_judge.txt").read_text("utf-8").rstrip("\n")
+    return Path(path).read_text(encoding="utf-8").rstrip("\n")
+
+
+def judge_prompt(rubric: str, question: str, answer: str) -> str:
+    """The rubric filled for one answer (only the template's own braces are placeholders)."""
+    return rubric.format(question=question, answer=answer)
+
+
+def parse_verdict(text: str | None) -> tuple[str | None, str]:
+    """A judge's reply -> (rejected | hallucinated | None, reason). Pure.
+
+    The first `VERDICT: X` wins; the reason is the `REASON:` line, else the whole reply.
+    None when the reply names no verdict (the caller records it as unjudged).
+    """
+    if not text:
+        return None, "empty judge reply"
+    m = _VERDICT.search(text)
+    r = _REASON.search(text[m.end() :] if m else text)
+    reason = (r.group(1) if r else text).strip()
+    return (m.group(1).lower() if m else None), reason
+
+
+def judge_name(judge: JudgeConfig) -> str:
+    model = getattr(judge.teacher, "model", None) or "embedded-smollm2"
+    return judge.name or f"llm:{model}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def run_judge(judge: JudgeConfig, answers: pa.Table) -> pa.Table:
+    """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows.
+
+    The judge is a teacher: the filled rubrics go through the same Ray Data actor stage as
+    teacher requests, so rate limits, retries and error rows behave as they do there.
+    """
+    import ray
+
+    from lamini.teachers import teacher_stage
+
+    name = judge_name(judge)
+    rubric = load_rubric(judge.rubric)
+    rows = answers.to_pylist()
+    todo = [r for r in rows if r["error"] is None]
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["error"] is not None:
+            out[(r["student"], r["id"])] = _verdict_row(r, None, f"the student gave no answer: {r['error']}", name, "no_answer")
+    if todo:
+        table = pa.Table.from_pylist(
+            [
+                {"student": r["student"], "id": r["id"], "category": r["category"],
+                 "prompt": judge_prompt(rubric, r["instruction"], r["response"] or "")}
+                for r in todo
+            ]
+        )  # fmt: skip
+        block = judge.pipeline.batch_size
+        ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
+        ds = teacher_stage(judge.teacher)(ds, judge.teacher, judge.generation, None, judge.pipeline)
+        for r in ds.iter_rows():
+            if r["error"] is not None:
+                out[(r["student"], r["id"])] = _verdict_row(r, None, f"judge request failed: {r['error']}", name, r["error_kind"] or "judge_error")
+                continue
+            verdict, reason = parse_verdict(r["response"])
+            kind = None if verdict else "judge_unparseable"
+            if verdict is None:
+                reason = f"no VERDICT in the judge's reply: {r['response']!r}"
+            out[(r["student"], r["id"])] = _verdict_row(r, verdict, reason, name, kind)
+    missing = [(r["student"], r["id"]) for r in rows if (r["student"], r["id"]) not in out]
+    if missing:
+        raise RuntimeError(f"judge {name} lost {len(missing)} answers, e.g. {missing[:3]}")
+    return pa.Table.from_pylist([out[(r["student"], r["id"])] for r in rows], schema=VERDICT_SCHEMA)
+
+
+def _verdict_row(r: dict, verdict: str | None, reason: str, judge: str, kind: str | None) -> dict[str, Any]:
+    return {"student": r["student"], "question_id": r["id"], "category": r["category"], "verdict": verdict,
+            "reason": reason, "judge": judge, "error_kind": kind}  # fmt: skip
+
+
+def count_table5(verdicts: pa.Table, students: list[str]) -> dict[str, dict[str, Any]]:
+    """One judge's verdicts -> {student: {total, by_category, rated, unjudged}} (hallucinated counts)."""
+    out: dict[str, dict[str, Any]] = {
+        s: {"total": 0, "by_category": {c: 0 for c in CATEGORIES}, "rated": 0, "unjudged": 0} for s in students
+    }
+    for r in verdicts.to_pylist():
+        cell = out.get(r["student"])
+        if cell is None:
+            continue
+        if r["verdict"] is None:
+            cell["unjudged"] += 1
+            continue
+        cell["rated"] += 1
+        if r["verdict"] == "hallucinated":
+            cell["total"] += 1
+            cell["by_category"][r["category"]] += 1
+    return out
+
+
+def agreement(a: pa.Table, b: pa.Table) -> dict[str, Any]:
+    """Two judges over the answers both graded -> {n, agree (fraction), cohen_kappa}."""
+    va = {(r["student"], r["question_id"]): r["verdict"] for r in a.to_pylist() if r["verdict"]}
+    pairs = [(v, r["verdict"]) for r in b.to_pylist() if r["verdict"] and (v := va.get((r["student"], r["question_id"])))]
+    n = len(pairs)
+    if not n:
+        return {"n": 0, "agree": None, "cohen_kappa": None}
+    po = sum(x == y for x, y in pairs) / n
+    pa_h = sum(x == "hallucinated" for x, _ in pairs) / n
+    pb_h = sum(y == "hallucinated" for _, y in pairs) / n
+    pe = pa_h * pb_h + (1 - pa_h) * (1 - pb_h)
+    kappa = None if pe >= 1 else (po - pe) / (1 - pe)
+    return {"n": n, "agree": round(po, 4), "cohen_kappa": None if kappa is None else round(kappa, 4)}
+
+
+def render_table5(counts: dict[str, dict[str, dict[str, Any]]], n_questions: dict[str, int], agree: dict) -> str:
+    """{judge: {student: cell}} -> Markdown: one Table 5 per judge, then judge agreement."""
+    from lamini.evaluate.report import md_table
+
+    parts = ["# Hallucination probe (Table 5)", "",
+             "Answers that accept the false premise (hallucinated), out of "
+             + ", ".join(f"{n} {CATEGORY_TITLES[c].lower()}" for c, n in n_questions.items())
+             + " questions. Lower is better."]  # fmt: skip
+    headers = ["Model", f"Total (/{sum(n_questions.values())})", *[CATEGORY_TITLES[c] for c in CATEGORIES], "Judged", "Unjudged"]
+    for judge, by_student in counts.items():
+        rows = [
+            [s, c["total"], *[c["by_category"][k] for k in CATEGORIES], c["rated"], c["unjudged"]]
+            for s, c in by_student.items()
+        ]
+        parts += ["", f"## Judge: {judge}", "", md_table(headers, rows)]
+    if agree:
+        rows = [
+            [pair, a["n"], None if a["agree"] is None else 100 * a["agree"],
+             None if a["cohen_kappa"] is None else f"{a['cohen_kappa']:.3f}"]
+            for pair, a in agree.items()
+        ]  # fmt: skip
+        parts += ["", "## Judge agreement", "", md_table(["Judges", "Both judged", "Agree %", "Cohen's kappa"], rows)]
+    return "\n".join(parts) + "\n"
+
+
+def plot_table5(run: RunDir, counts: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Grouped bars: hallucinated answers per student, one bar per judge."""
+    from lamini.evaluate.report import new_figure, save_figure
+
+    fig, ax = new_figure(width=max(6.0, 1.2 * len(next(iter(counts.values())))))
+    judges = list(counts)
+    students = list(counts[judges[0]])
+    width = 0.8 / len(judges)
+    for j, judge in enumerate(judges):
+        xs = [i + j * width for i in range(len(students))]
+        ax.bar(xs, [counts[judge][s]["total"] for s in students], width, label=judge)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(students))], students, rotation=20, ha="right")
+    ax.set_ylabel("hallucinated answers (lower is better)")
+    ax.set_title("Hallucination probe")
+    ax.legend(fontsize=8)
+    return save_figure(run, "table5.png", fig)
+
+
+@dataclass
+class HallucinationSummary:
+    run_dir: str
+    students: list[str]
+    questions: int
+    judges: list[str]
+    hallucinated: dict[str, dict[str, int]]  # judge -> student -> count
+    unjudged: dict[str, int]  # judge -> answers it could not grade
+    answer_errors: int
+    wall_s: float
+    missing: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        per = "; ".join(
+            f"{j}: " + ", ".join(f"{s} {n}/{self.questions}" for s, n in by.items()) for j, by in self.hallucinated.items()
+        ) or "no judge (answers and rating sheet only)"
+        return (
+            f"probe hallucination: {len(self.students)} students x {self.questions} questions | hallucinated {per} | "
+            f"{self.answer_errors} failed answers | {self.wall_s:.1f} s -> {self.run_dir}/table5.md"
+        )
+
+
+def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
+    """Answers, LLM verdicts, the rating sheet, imported human verdicts, Table 5. See the module doc."""
+    from lamini.evaluate.inference import generate_for_students
+    from lamini.evaluate.ratings import export_sheet, import_sheet
+
+    t0 = time.time()
+    run = RunDir(cfg.run_dir)
+    questions = read_questions(cfg.questions)
+    runs = generate_for_students(cfg.students, questions, cfg.generation, run, "answers", cfg.ray)
+    students = [s.name for s in cfg.students]
+    answers = pa.concat_tables([runs[s].table for s in students], promote_options="default")
+
+    verdicts: dict[str, pa.Table] = {}
+    for judge in cfg.judges:
+        name = judge_name(judge)
+        rel = f"verdicts/{_slug(name)}.parquet"
+        old = run.read_table(rel) if run.exists(rel) else None
+        if old is not None and old.select(["student", "question_id"]).to_pylist() == [
+            {"student": r["student"], "question_id": r["id"]} for r in answers.select(["student", "id"]).to_pylist()
+        ]:
+            verdicts[name] = old
+            continue
+        run.makedirs("verdicts")
+        verdicts[name] = run_judge(judge, answers)
+        run.write_table(rel, verdicts[name])
+    sheet = export_sheet(run, answers, verdicts)
+    for path in cfg.ratings:
+        name, table = import_sheet(path, answers)
+        verdicts[name] = table
+
+    counts = {j: count_table5(t, students) for j, t in verdicts.items()}
+    names = list(verdicts)
+    agree = {f"{a} vs {b}": agreement(verdicts[a], verdicts[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
+    n_questions = {c: questions.column("category").to_pylist().count(c) for c in CATEGORIES}
+    outputs = {"answers": run.uri_of("answers"), "ratings_sheet": sheet}
+    if counts:
+        run.write_text("table5.md", render_table5(counts, n_questions, agree))
+        run.write_text("table5.json", json.dumps({"questions": n_questions, "judges": counts, "agreement": agree}, indent=2))
+        outputs.update(table5=run.uri_of("table5.md"), table5_json=run.uri_of("table5.json"), plot=plot_table5(run, counts))
+    summary = HallucinationSummary(
+        run_dir=run.uri,
+        students=students,
+        questions=questions.num_rows,
+        judges=names,
+        hallucinated={j: {s: c["total"] for s, c in by.items()} for j, by in counts.items()},
+        unjudged={j: sum(c["unjudged"] for c in by.values()) for j, by in counts.items()},
+        answer_errors=sum(runs[s].errors for s in students),
+        wall_s=round(time.time() - t0, 2),
+        outputs=outputs,
+    )
+    manifest = {
+        "stage": "probe-hallucination",
+        "config": cfg.model_dump(mode="json"),
+        "serving": [runs[s].serving.describe() for s in students],
+        "summary": summary.__dict__,
+        "environment": mf.environment(),
+    }
+    # A judge's API key may sit in the environment: scrub every judge's, not only one teacher's.
+    keys = [n for j in cfg.judges for n in mf.secret_env_names(j.teacher)]
+    run.write_text("manifest.json", mf.scrub(json.dumps(mf.redact(manifest), indent=2, default=str), keys))
+    log.info(summary.line())
+    return summary
