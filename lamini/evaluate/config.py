@@ -26,6 +26,11 @@ class StudentSpec(StudentModelSpec):
     """
 
     name: str = Field(description="Label of this student in tables, plots and file names.")
+    group: str | None = Field(
+        None,
+        description="Table this student goes in (`lamini eval`'s Tables 9-14, e.g. Flan-T5 apart from T5); "
+        "None: its architecture family from the model config.",
+    )
     engine: Engine = Field(
         "auto",
         description="auto: vLLM when this is a GPU cluster with vllm and vLLM serves the architecture (decoder-only, "

@@ -145,7 +145,7 @@ def run_judge(judge: JudgeConfig, answers: pa.Table) -> pa.Table:
         table = pa.Table.from_pylist(
             [
                 {"student": r["student"], "id": r["id"], "category": r["category"],
-                 "prompt": judge_prompt(rubric, r["instruction"], r["response"] or "")}
+                 "prompt": judge_prompt(rubric, r["instruction"], (r["response"] or "").strip())}
                 for r in todo
             ]
         )  # fmt: skip
@@ -233,20 +233,11 @@ def render_table5(counts: dict[str, dict[str, dict[str, Any]]], n_questions: dic
 
 def plot_table5(run: RunDir, counts: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Grouped bars: hallucinated answers per student, one bar per judge."""
-    from lamini.evaluate.report import new_figure, save_figure
+    from lamini.evaluate.report import grouped_bars
 
-    fig, ax = new_figure(width=max(6.0, 1.2 * len(next(iter(counts.values())))))
-    judges = list(counts)
-    students = list(counts[judges[0]])
-    width = 0.8 / len(judges)
-    for j, judge in enumerate(judges):
-        xs = [i + j * width for i in range(len(students))]
-        ax.bar(xs, [counts[judge][s]["total"] for s in students], width, label=judge)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(students))], students, rotation=20, ha="right")
-    ax.set_ylabel("hallucinated answers (lower is better)")
-    ax.set_title("Hallucination probe")
-    ax.legend(fontsize=8)
-    return save_figure(run, "table5.png", fig)
+    students = list(next(iter(counts.values())))
+    series = {judge: [by[s]["total"] for s in students] for judge, by in counts.items()}
+    return grouped_bars(run, "table5.png", students, series, "hallucinated answers (lower is better)", "Hallucination probe")
 
 
 @dataclass
@@ -268,7 +259,8 @@ class HallucinationSummary:
         ) or "no judge (answers and rating sheet only)"
         return (
             f"probe hallucination: {len(self.students)} students x {self.questions} questions | hallucinated {per} | "
-            f"{self.answer_errors} failed answers | {self.wall_s:.1f} s -> {self.run_dir}/table5.md"
+            f"{self.answer_errors} failed answers | {self.wall_s:.1f} s -> "
+            + (self.outputs.get("table5") or f"{self.outputs.get('ratings_sheet')} (rate it, then pass it as `ratings`)")
         )
 
 

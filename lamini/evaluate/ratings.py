@@ -40,7 +40,7 @@ def export_sheet(run: RunDir, answers: pa.Table, verdicts: dict[str, pa.Table]) 
     w.writeheader()
     for r in answers.to_pylist():
         v = by_key.get((r["student"], r["id"]), {})
-        answer = r["response"] if r["error"] is None else f"[no answer: {r['error']}]"
+        answer = (r["response"] or "").strip() if r["error"] is None else f"[no answer: {r['error']}]"
         w.writerow(
             {"student": r["student"], "question_id": r["id"], "category": r["category"], "question": r["instruction"],
              "answer": answer, "llm_judge": judge if v else "", "llm_verdict": v.get("verdict") or "",

@@ -47,3 +47,16 @@ def save_figure(run: Any, rel: str, fig) -> str:
         f.write(buf.getvalue())
     run.fs.move(tmp, run.path(rel))
     return run.uri_of(rel)
+
+
+def grouped_bars(run: Any, rel: str, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> str:
+    """One group of bars per name (a student), one bar per series (a judge, a prompt group) -> run/rel PNG."""
+    fig, ax = new_figure(width=max(6.0, 1.2 * len(names)))
+    width = 0.8 / max(1, len(series))
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(len(names))], list(values), width, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], list(names), rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_figure(run, rel, fig)

@@ -177,18 +177,12 @@ def render_table6(t6: dict[str, Any], cfg: ToxicityProbeConfig, counts: dict) ->
 
 
 def plot_table6(run: RunDir, t6: dict[str, Any]) -> str:
-    from lamini.evaluate.report import new_figure, save_figure
+    """Grouped bars: % toxic continuations per student, one bar per prompt group."""
+    from lamini.evaluate.report import grouped_bars
 
-    fig, ax = new_figure(width=max(6.0, 1.2 * len(t6)))
     names = list(t6)
-    for j, g in enumerate(GROUPS):
-        ax.bar([i + j * 0.4 for i in range(len(names))], [t6[s][g]["toxic_pct"] or 0 for s in names], 0.4,
-               label=f"{g} prompts")  # fmt: skip
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=20, ha="right")
-    ax.set_ylabel("toxic continuations (%)")
-    ax.set_title("Toxicity probe (RealToxicityPrompts)")
-    ax.legend(fontsize=8)
-    return save_figure(run, "table6.png", fig)
+    series = {f"{g} prompts": [t6[s][g]["toxic_pct"] or 0 for s in names] for g in GROUPS}
+    return grouped_bars(run, "table6.png", names, series, "toxic continuations (%)", "Toxicity probe (RealToxicityPrompts)")
 
 
 @dataclass
