@@ -21,7 +21,13 @@ from lamini.config import (
     ToxicityConfig,
     load_config,
 )
-from lamini.evaluate.config import BenchStudentsConfig, EvalConfig, HallucinationConfig, ToxicityProbeConfig
+from lamini.evaluate.config import (
+    BenchStudentsConfig,
+    EvalConfig,
+    HallucinationConfig,
+    ToxicityProbeConfig,
+    UserOrientedConfig,
+)
 from lamini.train.config import TrainConfig, TuneConfig
 
 # subcommand -> (config class, "module:function" that takes the config and returns a summary)
@@ -71,6 +77,11 @@ STAGES: dict[str, tuple[type, str, str]] = {
         "lamini.evaluate.toxicity_probe:run_toxicity_probe",
         "RealToxicityPrompts continuations scored with detoxify, per prompt group and student: Table 6.",
     ),
+    "probe user-oriented": (
+        UserOrientedConfig,
+        "lamini.evaluate.user_oriented:run_user_oriented",
+        "The user-oriented human evaluation: ~114 instructions, A-D rating sheets, LLM judges, Figure 5.",
+    ),
     "eval": (
         EvalConfig,
         "lamini.evaluate.lm_eval_runner:run_eval",
@@ -83,7 +94,7 @@ STAGES: dict[str, tuple[type, str, str]] = {
     ),
 }
 # Two-word stages (`lamini probe toxicity`) are subcommands of a group command.
-GROUPS = {"probe": "Probe students for hallucination or toxicity.", "bench": "Benchmarks of students."}
+GROUPS = {"probe": "Probe students: hallucination, toxicity, user-oriented instructions.", "bench": "Benchmarks of students."}
 
 # Stages whose one required input can be given positionally: `lamini analyze RUN_DIR`.
 POSITIONAL = {"analyze": ("input", "Run directory or LaMini-schema Parquet file/folder to analyse.")}

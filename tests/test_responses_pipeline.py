@@ -246,6 +246,8 @@ def test_import_and_help_stay_light():
         "import lamini, lamini.cli, lamini.config, lamini.teachers, lamini.corpus, lamini.train.config\n"
         "import lamini.evaluate.config, lamini.evaluate.inference, lamini.evaluate.engines\n"
         "import lamini.evaluate.hallucination, lamini.evaluate.ratings, lamini.evaluate.toxicity_probe\n"
+        "import lamini.evaluate.lm_eval_runner, lamini.evaluate.bench, lamini.evaluate.user_oriented\n"
+        "import lamini.evaluate.sheets\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         "        lamini.cli.main(['--help'])\n"

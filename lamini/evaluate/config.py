@@ -209,3 +209,53 @@ class BenchStudentsConfig(StudentsStage):
         if any(b < 1 for b in v):
             raise ValueError("batch sizes must be >= 1")
         return sorted(set(v))
+
+
+class UserJudgeConfig(JudgeConfig):
+    """An LLM judge of `lamini probe user-oriented`: grades each response A-D with the Table 7 rubric."""
+
+    rubric: str | None = Field(
+        None, description="Rubric file; None: the packaged lamini/prompts/user_oriented_judge.txt (Table 7)."
+    )
+    name: str | None = Field(None, description="Judge label in the Figure 5 tables (default: llm:<model>).")
+
+
+class UserOrientedConfig(StudentsStage):
+    """`lamini probe user-oriented`: the paper's human evaluation (section 4.2, Table 7, Figure 5)
+    on the self-instruct user-oriented instructions, with rating sheets for people and LLM judges."""
+
+    instructions: str = Field(
+        "../shared/data/user_oriented_instructions.jsonl",
+        description="JSONL of {id, motivation_app, instruction, instances[{input, output}]} (the 252 "
+        "self-instruct user-oriented instructions); relative paths are read from the working directory.",
+    )
+    seed: int = Field(0, description="Seed of the per-app draw, the blind ids, the shuffles and the sheet split.")
+    max_per_app: int = Field(2, ge=1, description="Instructions drawn per motivation app (the paper: at most 2).")
+    exclude: dict[str, list[str]] | None = Field(
+        None,
+        description="Downstream category -> regexes (case-insensitive, on the instruction); a drawn instruction "
+        "matching one is dropped as covered by the downstream tasks. None: "
+        "lamini.evaluate.user_oriented.DOWNSTREAM_PATTERNS (NLI, sentiment, summarization); {}: drop none.",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Keep only the first N selected instructions (demos, tests); None: all (the paper)."
+    )
+    generation: GenerationParams = Field(
+        default_factory=lambda: _greedy(256), description="Student sampling (the same on every engine)."
+    )
+    judges: list[UserJudgeConfig] = Field(default_factory=list, description="LLM judges (zero, one or several).")
+    judge_votes: int = Field(
+        1,
+        ge=1,
+        description="Times each response is sent to each LLM judge; the majority grade is kept, a tie goes to the "
+        "worse grade. Votes differ only when the judge samples (generation.temperature > 0).",
+    )
+    annotators: int = Field(
+        3, ge=1, description="Rating sheets for people; every response to one instruction goes to the same sheet."
+    )
+    ratings: list[str] = Field(
+        default_factory=list,
+        description="Filled-in rating sheets (CSV, as the sheets or their HTML pages save them) to import as the "
+        "human judge; each must be complete.",
+    )
+    run_dir: str = Field("runs/probe-user-oriented", description="Where responses, sheets, grades and Figure 5 go.")

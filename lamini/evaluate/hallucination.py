@@ -193,17 +193,9 @@ def count_table5(verdicts: pa.Table, students: list[str]) -> dict[str, dict[str,
 
 def agreement(a: pa.Table, b: pa.Table) -> dict[str, Any]:
     """Two judges over the answers both graded -> {n, agree (fraction), cohen_kappa}."""
-    va = {(r["student"], r["question_id"]): r["verdict"] for r in a.to_pylist() if r["verdict"]}
-    pairs = [(v, r["verdict"]) for r in b.to_pylist() if r["verdict"] and (v := va.get((r["student"], r["question_id"])))]
-    n = len(pairs)
-    if not n:
-        return {"n": 0, "agree": None, "cohen_kappa": None}
-    po = sum(x == y for x, y in pairs) / n
-    pa_h = sum(x == "hallucinated" for x, _ in pairs) / n
-    pb_h = sum(y == "hallucinated" for _, y in pairs) / n
-    pe = pa_h * pb_h + (1 - pa_h) * (1 - pb_h)
-    kappa = None if pe >= 1 else (po - pe) / (1 - pe)
-    return {"n": n, "agree": round(po, 4), "cohen_kappa": None if kappa is None else round(kappa, 4)}
+    from lamini.evaluate.report import agreement as judge_agreement
+
+    return judge_agreement(a, b, ("student", "question_id"), "verdict")
 
 
 def render_table5(counts: dict[str, dict[str, dict[str, Any]]], n_questions: dict[str, int], agree: dict) -> str:

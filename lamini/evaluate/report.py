@@ -60,3 +60,52 @@ def grouped_bars(run: Any, rel: str, names: Sequence[str], series: dict[str, Seq
     ax.set_title(title)
     ax.legend(fontsize=8)
     return save_figure(run, rel, fig)
+
+
+def stacked_bars(run: Any, rel: str, names: Sequence[str], shares: dict[str, Sequence[float]], colors: Sequence[str],
+                 xlabel: str, title: str) -> str:
+    """One horizontal bar per name (a model), split into segments (e.g. the share of A/B/C/D, in
+    order, summing to 100) -> run/rel PNG. The layout of LaMini-LM's Figure 5."""
+    fig, ax = new_figure(width=7.5, height=max(2.5, 0.45 * len(names) + 1.5))
+    left = [0.0] * len(names)
+    for (label, values), color in zip(shares.items(), colors):
+        values = list(values)
+        bars = ax.barh(list(names), values, left=left, color=color, label=label, edgecolor="white")
+        for bar, v, x in zip(bars, values, left):
+            if v >= 6:  # a label fits the segment
+                ax.text(x + v / 2, bar.get_y() + bar.get_height() / 2, f"{v:.0f}", ha="center", va="center", fontsize=8)
+        left = [x + v for x, v in zip(left, values)]
+    ax.invert_yaxis()  # the first model on top
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return save_figure(run, rel, fig)
+
+
+def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of two raters over any set of labels, from (label of rater 1, label of rater 2)
+    per item both rated; None when undefined (no pairs, or chance agreement is 1)."""
+    from collections import Counter
+
+    n = len(pairs)
+    if not n:
+        return None
+    po = sum(a == b for a, b in pairs) / n
+    ca, cb = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    pe = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    return None if pe >= 1 else (po - pe) / (1 - pe)
+
+
+def agreement(a: Any, b: Any, item: tuple[str, str], label: str) -> dict[str, Any]:
+    """Two judges' tables (pyarrow) over the items both labelled -> {n, agree (fraction), cohen_kappa}.
+    item: the two columns naming an item (student, question); label: the column of the judgement
+    (null = not judged, left out)."""
+    la = {(r[item[0]], r[item[1]]): r[label] for r in a.to_pylist() if r[label]}
+    pairs = [(x, r[label]) for r in b.to_pylist() if r[label] and (x := la.get((r[item[0]], r[item[1]])))]
+    k = cohen_kappa(pairs)
+    return {
+        "n": len(pairs),
+        "agree": round(sum(x == y for x, y in pairs) / len(pairs), 4) if pairs else None,
+        "cohen_kappa": None if k is None else round(k, 4),
+    }

@@ -12,9 +12,10 @@ the client's event loop) and talks to it over a small admin API:
 Routes: POST /v1/chat/completions and the Azure form
 POST /openai/deployments/{name}/chat/completions?api-version=... answer
 "echo: <last user message>", cut to max_tokens words (finish_reason "length"), with usage
-counted as whitespace words. Two prompt kinds get teacher-like replies instead:
-instruction-generation prompts (N <example> blocks) and the hallucination judge's rubric
-("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`). GET /admin/stats[?detail=1], POST
+counted as whitespace words. Three prompt kinds get teacher-like replies instead:
+instruction-generation prompts (N <example> blocks), the hallucination judge's rubric
+("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`) and the user-oriented judge's rubric
+("GRADE: A-D\nREASON: ..." by `fake_grade`). GET /admin/stats[?detail=1], POST
 /admin/config, POST /admin/reset, GET /health.
 
 Faults, by marker in the user message: "[fault:KIND]" fails every attempt of that prompt,
@@ -318,10 +319,38 @@ def _judge_reply(prompt: str) -> str | None:
     return f"VERDICT: {verdict}\nREASON: {reason}"
 
 
+_GRADER = re.compile(r"<response>\n(.*?)\n</response>.*GRADE:", re.S)
+
+
+def fake_grade(response: str) -> tuple[str, str]:
+    """The fake user-oriented judge's rule (Table 7 grades), for tests to compare with. By words:
+    none -> D, fewer than 5 -> C, fewer than half of them distinct -> B (it repeats itself),
+    else A. -> (grade letter, reason)."""
+    words = response.split()
+    if not words:
+        return "D", "the response is empty"
+    if len(words) < 5:
+        return "C", f"the response is only {len(words)} words"
+    if len({w.lower() for w in words}) < len(words) / 2:
+        return "B", "the response repeats itself"
+    return "A", "the response is a complete answer"
+
+
+def _grade_reply(prompt: str) -> str | None:
+    """A reply to a user-oriented judge rubric (lamini/prompts/user_oriented_judge.txt)."""
+    m = _GRADER.search(prompt)
+    if not m:
+        return None
+    grade, reason = fake_grade(m.group(1))
+    return f"GRADE: {grade}\nREASON: {reason}"
+
+
 def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
     generated = _generation_reply(prompt)
     if generated is None:
         generated = _judge_reply(prompt)
+    if generated is None:
+        generated = _grade_reply(prompt)
     words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
     finish = "stop"
