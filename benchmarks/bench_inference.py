@@ -57,7 +57,7 @@ import time  # noqa: E402
 from itertools import cycle, islice  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks.bench_train import LoadMonitor, background_load, machine_info  # noqa: E402
+from benchmarks.machine import LoadMonitor, background_load, machine_info  # noqa: E402
 
 SEED_TASKS = ROOT.parent / "shared" / "data" / "self_instruct_seed_tasks.jsonl"
 RAY_TMP = "/tmp/lamini-bench-inference"  # short: Ray's unix sockets live under it
