@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
+from lamini.evaluate.judging import ask_judge, request_id, slug
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
 
@@ -119,52 +120,34 @@ def judge_name(judge: JudgeConfig) -> str:
     return judge.name or f"llm:{model}"
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
-
-
-def run_judge(judge: JudgeConfig, answers: pa.Table) -> pa.Table:
-    """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows.
-
-    The judge is a teacher: the filled rubrics go through the same Ray Data actor stage as
-    teacher requests, so rate limits, retries and error rows behave as they do there.
-    """
-    import ray
-
-    from lamini.teachers import teacher_stage
-
+def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) -> pa.Table:
+    """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows,
+    in order. The requests go through lamini.evaluate.judging.ask_judge (resumable, stored under
+    run/judges/<judge>/)."""
     name = judge_name(judge)
     rubric = load_rubric(judge.rubric)
     rows = answers.to_pylist()
-    todo = [r for r in rows if r["error"] is None]
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
+    prompts = {
+        i: judge_prompt(rubric, r["instruction"], (r["response"] or "").strip())
+        for i, r in enumerate(rows)
+        if r["error"] is None
+    }
+    ids = {i: request_id(rows[i]["student"], rows[i]["id"], prompt=p) for i, p in prompts.items()}
+    replies = ask_judge(judge, [{"id": ids[i], "prompt": p} for i, p in prompts.items()], run, f"judges/{slug(name)}", ray_cfg)
+    out = []
+    for i, r in enumerate(rows):
         if r["error"] is not None:
-            out[(r["student"], r["id"])] = _verdict_row(r, None, f"the student gave no answer: {r['error']}", name, "no_answer")
-    if todo:
-        table = pa.Table.from_pylist(
-            [
-                {"student": r["student"], "id": r["id"], "category": r["category"],
-                 "prompt": judge_prompt(rubric, r["instruction"], (r["response"] or "").strip())}
-                for r in todo
-            ]
-        )  # fmt: skip
-        block = judge.pipeline.batch_size
-        ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
-        ds = teacher_stage(judge.teacher)(ds, judge.teacher, judge.generation, None, judge.pipeline)
-        for r in ds.iter_rows():
-            if r["error"] is not None:
-                out[(r["student"], r["id"])] = _verdict_row(r, None, f"judge request failed: {r['error']}", name, r["error_kind"] or "judge_error")
-                continue
-            verdict, reason = parse_verdict(r["response"])
-            kind = None if verdict else "judge_unparseable"
-            if verdict is None:
-                reason = f"no VERDICT in the judge's reply: {r['response']!r}"
-            out[(r["student"], r["id"])] = _verdict_row(r, verdict, reason, name, kind)
-    missing = [(r["student"], r["id"]) for r in rows if (r["student"], r["id"]) not in out]
-    if missing:
-        raise RuntimeError(f"judge {name} lost {len(missing)} answers, e.g. {missing[:3]}")
-    return pa.Table.from_pylist([out[(r["student"], r["id"])] for r in rows], schema=VERDICT_SCHEMA)
+            out.append(_verdict_row(r, None, f"the student gave no answer: {r['error']}", name, "no_answer"))
+            continue
+        reply = replies[ids[i]]
+        if reply["error"] is not None:
+            out.append(_verdict_row(r, None, f"judge request failed: {reply['error']}", name, reply["error_kind"] or "judge_error"))
+            continue
+        verdict, reason = parse_verdict(reply["response"])
+        if verdict is None:
+            reason = f"no VERDICT in the judge's reply: {reply['response']!r}"
+        out.append(_verdict_row(r, verdict, reason, name, None if verdict else "judge_unparseable"))
+    return pa.Table.from_pylist(out, schema=VERDICT_SCHEMA)
 
 
 def _verdict_row(r: dict, verdict: str | None, reason: str, judge: str, kind: str | None) -> dict[str, Any]:
@@ -271,7 +254,7 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
     verdicts: dict[str, pa.Table] = {}
     for judge in cfg.judges:
         name = judge_name(judge)
-        rel = f"verdicts/{_slug(name)}.parquet"
+        rel = f"verdicts/{slug(name)}.parquet"
         old = run.read_table(rel) if run.exists(rel) else None
         if old is not None and old.select(["student", "question_id"]).to_pylist() == [
             {"student": r["student"], "question_id": r["id"]} for r in answers.select(["student", "id"]).to_pylist()
@@ -279,7 +262,7 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
             verdicts[name] = old
             continue
         run.makedirs("verdicts")
-        verdicts[name] = run_judge(judge, answers)
+        verdicts[name] = run_judge(judge, answers, run, cfg.ray)
         run.write_table(rel, verdicts[name])
     sheet = export_sheet(run, answers, verdicts)
     for path in cfg.ratings:
@@ -313,8 +296,6 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
         "summary": summary.__dict__,
         "environment": mf.environment(),
     }
-    # A judge's API key may sit in the environment: scrub every judge's, not only one teacher's.
-    keys = [n for j in cfg.judges for n in mf.secret_env_names(j.teacher)]
-    run.write_text("manifest.json", mf.scrub(json.dumps(mf.redact(manifest), indent=2, default=str), keys))
+    run.write_text("manifest.json", mf.dumps(manifest, *[j.teacher for j in cfg.judges]))
     log.info(summary.line())
     return summary

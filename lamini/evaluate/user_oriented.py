@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
 from lamini.evaluate.inference import ROW_INDEX
+from lamini.evaluate.judging import ask_judge, request_id, slug
 from lamini.evaluate.sheets import CRITERIA, GRADES
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
@@ -171,43 +172,37 @@ def judge_name(judge: UserJudgeConfig) -> str:
     return judge.name or f"llm:{getattr(judge.teacher, 'model', None) or 'embedded-smollm2'}"
 
 
-def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int) -> pa.Table:
+def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunDir, ray_cfg: Any) -> pa.Table:
     """Every response (student, id, raw prompt in `instruction`, response, error) -> GRADE_SCHEMA
-    rows in the same order. Each response is sent `votes` times through the teacher actor stage
-    (as teacher requests are: rate limits, retries and error rows behave the same); failed or
+    rows in the same order. Each response is sent `votes` times through
+    lamini.evaluate.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or
     unparseable votes are left out of the majority, and a response with no vote left is unjudged."""
-    import ray
-
-    from lamini.teachers import teacher_stage
-
     name, rubric = judge_name(judge), load_rubric(judge.rubric)
     rows = responses.to_pylist()
-    requests = [{"student": r["student"], "id": r["id"], "vote": v,
-                 "prompt": rubric.format(instruction=r["instruction"], response=(r["response"] or "").strip())}
-                for r in rows if r["error"] is None for v in range(votes)]  # fmt: skip
-    got: dict[tuple[str, str], list[tuple[str | None, str, str | None]]] = {}
-    if requests:
-        table = pa.Table.from_pylist(requests)
-        block = judge.pipeline.batch_size
-        ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
-        ds = teacher_stage(judge.teacher)(ds, judge.teacher, judge.generation, None, judge.pipeline)
-        for r in ds.iter_rows():
-            if r["error"] is not None:
-                vote = (None, f"judge request failed: {r['error']}", r["error_kind"] or "judge_error")
-            else:
-                grade, reason = parse_grade(r["response"])
-                vote = (grade, reason, None) if grade else (None, f"no GRADE in the judge's reply: {r['response']!r}", "judge_unparseable")
-            got.setdefault((r["student"], r["id"]), []).append(vote)
+    asked: dict[int, list[str]] = {}  # row -> its request ids, one per vote
+    requests = []
+    for i, r in enumerate(rows):
+        if r["error"] is not None:
+            continue
+        prompt = rubric.format(instruction=r["instruction"], response=(r["response"] or "").strip())
+        asked[i] = [request_id(r["student"], r["id"], v, prompt=prompt) for v in range(votes)]
+        requests += [{"id": rid, "prompt": prompt} for rid in asked[i]]
+    replies = ask_judge(judge, requests, run, f"judges/{slug(name)}", ray_cfg)
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         base = {"student": r["student"], "instruction_id": r["id"], "judge": name}
         if r["error"] is not None:
             out.append({**base, "grade": None, "reason": f"the student gave no response: {r['error']}", "votes": "",
                         "error_kind": "no_response"})  # fmt: skip
             continue
-        vs = got.get((r["student"], r["id"]), [])
-        if len(vs) != votes:
-            raise RuntimeError(f"judge {name}: {len(vs)} of {votes} votes came back for {r['student']}/{r['id']}")
+        vs = []
+        for rid in asked[i]:
+            reply = replies[rid]
+            if reply["error"] is not None:
+                vs.append((None, f"judge request failed: {reply['error']}", reply["error_kind"] or "judge_error"))
+                continue
+            grade, reason = parse_grade(reply["response"])
+            vs.append((grade, reason, None) if grade else (None, f"no GRADE in the judge's reply: {reply['response']!r}", "judge_unparseable"))
         ok = [v for v in vs if v[0]]
         grade = majority([v[0] for v in ok])
         reason = next(v[1] for v in ok if v[0] == grade) if grade else vs[0][1]
@@ -261,10 +256,6 @@ def render_markdown(counts: dict[str, dict[str, dict[str, int]]], n: int, agree:
     return "\n".join(parts) + "\n"
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
-
-
 LEGEND = {"A": "acceptable", "B": "minor errors", "C": "significant errors", "D": "invalid"}  # Table 7, short
 
 
@@ -273,7 +264,7 @@ def plot_figure5(run: RunDir, judge: str, by: dict[str, dict[str, int]]) -> str:
 
     shares = {f"{g}: {LEGEND[g]}": [100 * c[g] / c["rated"] if c["rated"] else 0 for c in by.values()] for g in GRADES}
     colors = ["#2e7d32", "#9ccc65", "#ffb74d", "#e53935"]
-    return stacked_bars(run, f"figure5_{_slug(judge)}.png", list(by), shares, colors, "% of graded responses",
+    return stacked_bars(run, f"figure5_{slug(judge)}.png", list(by), shares, colors, "% of graded responses",
                         f"User-oriented evaluation, judge {judge}")  # fmt: skip
 
 
@@ -306,7 +297,7 @@ def _llm_grades(cfg: UserOrientedConfig, run: RunDir, responses: pa.Table) -> di
     keys = [(r["student"], r["id"]) for r in responses.select(["student", "id"]).to_pylist()]
     for judge in cfg.judges:
         name = judge_name(judge)
-        rel = f"grades/{_slug(name)}.parquet"
+        rel = f"grades/{slug(name)}.parquet"
         if run.exists(rel):
             old = run.read_table(rel).to_pylist()
             same_rows = [(r["student"], r["instruction_id"]) for r in old] == keys
@@ -314,7 +305,7 @@ def _llm_grades(cfg: UserOrientedConfig, run: RunDir, responses: pa.Table) -> di
                 out[name] = pa.Table.from_pylist(old, schema=GRADE_SCHEMA)
                 continue
         run.makedirs("grades")
-        out[name] = run_judge(judge, responses, cfg.judge_votes)
+        out[name] = run_judge(judge, responses, cfg.judge_votes, run, cfg.ray)
         run.write_table(rel, out[name])
     return out
 
@@ -383,8 +374,6 @@ def run_user_oriented(cfg: UserOrientedConfig) -> UserOrientedSummary:
     manifest = {"stage": "probe-user-oriented", "config": cfg.model_dump(mode="json"),
                 "serving": [runs[s].serving.describe() for s in students], "selection": record,
                 "summary": summary.__dict__, "environment": mf.environment()}  # fmt: skip
-    # A judge's API key may sit in the environment: scrub every judge's.
-    keys = [n for j in cfg.judges for n in mf.secret_env_names(j.teacher)]
-    run.write_text("manifest.json", mf.scrub(json.dumps(mf.redact(manifest), indent=2, default=str), keys))
+    run.write_text("manifest.json", mf.dumps(manifest, *[j.teacher for j in cfg.judges]))
     return summary
 

@@ -62,5 +62,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def dumps(manifest: dict[str, Any], teacher_cfg: Any) -> str:
-    return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), secret_env_names(teacher_cfg))
+def dumps(manifest: dict[str, Any], *teacher_cfgs: Any) -> str:
+    """The manifest as JSON, secrets redacted and the API keys of every teacher (or judge) scrubbed."""
+    names = [n for cfg in teacher_cfgs for n in secret_env_names(cfg)]
+    return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), names)

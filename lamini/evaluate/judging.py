@@ -1,0 +1,58 @@
+"""Sending rubric-filled prompts to an LLM judge: the piece both probes' judges share.
+
+A judge is a teacher (any backend), so its requests go through lamini.generate.teacher_run's
+`answer_table`, the resumable core every generation stage uses: rate limits, retries and error
+rows behave as for teacher requests, and a judge run that is killed resumes block by block,
+sending only the requests that have no reply yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import pyarrow as pa
+
+from lamini.runs.rundir import RunDir
+
+
+def slug(name: str) -> str:
+    """A judge's name as a file or folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def request_id(*key: Any, prompt: str) -> str:
+    """A request's id: its key (student, item, vote) plus a hash of the prompt, so a changed
+    answer is a new request on resume, never an old reply reused."""
+    return "/".join(str(k) for k in key) + "/" + hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
+
+
+def ask_judge(judge: Any, requests: list[dict[str, str]], run: RunDir, rel: str, ray_cfg: Any) -> dict[str, dict[str, Any]]:
+    """requests [{id, prompt}] -> {id: {response, error, error_kind}}, one per request.
+
+    judge: a JudgeConfig (teacher, generation, pipeline); the shards and the finalized replies go
+    under run/rel. Raises RuntimeError if a request got no result at all.
+    """
+    from lamini.generate.teacher_run import answer_table
+
+    out: dict[str, dict[str, Any]] = {}
+    if not requests:
+        return out
+    store = RunDir(run.uri_of(rel))
+    table = pa.Table.from_pylist(
+        [{"id": r["id"], "prompt": r["prompt"]} for r in requests],
+        schema=pa.schema([("id", pa.string()), ("prompt", pa.string())]),
+    )
+    answer_table(
+        table, store, teacher=judge.teacher, generation=judge.generation, system_prompt=None,
+        pipeline=judge.pipeline, ray_cfg=ray_cfg,
+    )  # fmt: skip
+    for r in store.read_table("dataset/responses.parquet").select(["id", "response"]).to_pylist():
+        out[r["id"]] = {"response": r["response"], "error": None, "error_kind": None}
+    for r in store.read_table("dataset/errors.parquet").select(["id", "error", "error_kind"]).to_pylist():
+        out[r["id"]] = {"response": None, "error": r["error"], "error_kind": r["error_kind"]}
+    lost = [r["id"] for r in requests if r["id"] not in out]
+    if lost:
+        raise RuntimeError(f"the judge returned no result for {len(lost)} requests, e.g. {lost[:3]}")
+    return out
