@@ -216,7 +216,7 @@ def near_dup_filter(
         now = time.perf_counter()
         timings[name], tick = now - tick, now
 
-    n_ref, n = len(reference), len(candidates)
+    n_ref = len(reference)
     texts = [x or "" for x in reference] + [x or "" for x in candidates]
     ray_on = _resolve_use_ray(use_ray, len(texts))
 
