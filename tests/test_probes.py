@@ -72,6 +72,9 @@ def test_questions_are_the_papers_40_and_bad_lines_name_file_and_line(tmp_path):
     bad.write_text('{"id": 1, "question": "Who?", "category": "nonsense"}\n{"id": 2, "question": "When?", "category": "past"}\n')
     with pytest.raises(CorpusError, match=r"q.jsonl:2: category 'past'"):
         read_questions(str(bad))
+    bad.write_text('{"id": 1, "question": "Who?", "category": "nonsense"}\n{"id": 2, "question": \n')
+    with pytest.raises(CorpusError, match=r"q.jsonl:2: malformed JSON"):
+        read_questions(str(bad))
 
 
 def test_rtp_reading_drops_nulls_and_the_draw_is_seeded_and_stratified():

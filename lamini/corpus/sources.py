@@ -153,6 +153,20 @@ def iter_records(file: SourceFile, container: Container, columns: list[str] | No
         raise ValueError(f"unknown container {container!r}")
 
 
+def jsonl_objects(path: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Every JSON object of one JSON Lines file (local path or URI; .gz read through) with the
+    file and 1-based line it came from, for inputs that are not instruction corpora (probe
+    questions, RealToxicityPrompts, ...). A line that is not valid JSON, a line that is not an
+    object, and an empty file raise CorpusError naming the file and line."""
+    for file in expand_path(path, frozenset({".jsonl", ".json"})):
+        for rec in _iter_jsonl(file):
+            if rec.error is not None:
+                raise CorpusError(rec.file, rec.line, rec.error)
+            if not isinstance(rec.value, dict):
+                raise CorpusError(rec.file, rec.line, f"expected a JSON object, got {type(rec.value).__name__}")
+            yield rec.file, rec.line, rec.value  # type: ignore[misc]
+
+
 def _iter_jsonl(file: SourceFile) -> Iterator[Record]:
     """JSON Lines, streamed line by line; each line is decoded strictly so a bad byte names its line.
 

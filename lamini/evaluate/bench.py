@@ -34,7 +34,6 @@ import resource
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from itertools import cycle, islice
 from typing import Any
 
@@ -86,28 +85,19 @@ class BenchSummary:
 
 def load_prompts(path: str | None) -> tuple[list[str], str]:
     """(request texts, where they came from) from a JSONL file (`instruction` or `question` per row),
-    local or a URI; None: the paper's 40 hallucination questions packaged with lamini."""
-    if path is None:
-        text = resources.files("lamini.evaluate").joinpath("data", "hallucination_questions.jsonl").read_text("utf-8")
-        source = "lamini/evaluate/data/hallucination_questions.jsonl"
-    else:
-        import pyarrow.fs as pafs
+    local or a URI; None: the paper's 40 hallucination questions packaged with lamini. A bad row
+    raises CorpusError (a ValueError) naming the file and line."""
+    from lamini.corpus import CorpusError
+    from lamini.corpus.sources import jsonl_objects
+    from lamini.evaluate.hallucination import packaged_questions
 
-        fs, p = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
-        with fs.open_input_stream(p) as f:
-            text = f.read().decode("utf-8")
-        source = path
+    source = path or packaged_questions()
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for file, n, row in jsonl_objects(source):
         value = next((row[c] for c in PROMPT_COLUMNS if isinstance(row.get(c), str) and row[c].strip()), None)
         if value is None:
-            raise ValueError(f"{source}:{n}: a prompt row needs a non-empty `instruction` or `question`")
+            raise CorpusError(file, n, "a prompt row needs a non-empty `instruction` or `question`")
         out.append(value)
-    if not out:
-        raise ValueError(f"{source}: no prompts")
     return out, source
 
 

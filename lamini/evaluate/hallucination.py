@@ -54,39 +54,30 @@ _VERDICT = re.compile(r"verdict\W*(rejected|hallucinated)", re.I)
 _REASON = re.compile(r"reason\W*(.+)", re.I | re.S)
 
 
-def read_questions(path: str | None) -> pa.Table:
-    """The questions file (JSONL id, question, category) -> table `id`, `instruction`, `category`.
+def packaged_questions() -> str:
+    """Path of the paper's 40 questions packaged with lamini (the same file as ../shared/data's)."""
+    return str(resources.files("lamini.evaluate").joinpath("data", "hallucination_questions.jsonl"))
 
-    None reads the paper's 40 questions packaged with lamini. A bad line raises CorpusError
-    naming the file and line.
+
+def read_questions(path: str | None) -> pa.Table:
+    """The questions file (JSONL id, question, category; local or URI) -> table `id`, `instruction`,
+    `category`. None reads packaged_questions(). A bad line raises CorpusError naming the file and line.
     """
     from lamini.corpus import CorpusError
+    from lamini.corpus.sources import jsonl_objects
 
-    if path is None:
-        text = resources.files("lamini.evaluate").joinpath("data/hallucination_questions.jsonl").read_text("utf-8")
-        path = "lamini/evaluate/data/hallucination_questions.jsonl"
-    else:
-        text = Path(path).read_text(encoding="utf-8")
     ids, questions, cats = [], [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(path, n, f"not JSON: {e.msg}") from None
-        if not isinstance(obj, dict) or not str(obj.get("question") or "").strip() or obj.get("id") is None:
-            raise CorpusError(path, n, "expected an object with `id` and a non-empty `question`")
+    for file, n, obj in jsonl_objects(path or packaged_questions()):
+        if not str(obj.get("question") or "").strip() or obj.get("id") is None:
+            raise CorpusError(file, n, "expected an object with `id` and a non-empty `question`")
         cat = obj.get("category")
         if cat not in CATEGORIES:
-            raise CorpusError(path, n, f"category {cat!r} is not one of {list(CATEGORIES)}")
+            raise CorpusError(file, n, f"category {cat!r} is not one of {list(CATEGORIES)}")
         if str(obj["id"]) in ids:
-            raise CorpusError(path, n, f"id {obj['id']!r} repeats an earlier line")
+            raise CorpusError(file, n, f"id {obj['id']!r} repeats an earlier line")
         ids.append(str(obj["id"]))
         questions.append(str(obj["question"]).strip())
         cats.append(cat)
-    if not ids:
-        raise CorpusError(path, None, "no questions")
     return pa.table({"id": ids, "instruction": questions, "category": cats})
 
 

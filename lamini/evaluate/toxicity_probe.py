@@ -41,44 +41,28 @@ def read_rtp(path: str) -> tuple[pa.Table, dict[str, int]]:
     counts: {"lines", "kept", "dropped_null"}. A line that is not a JSON object with a `prompt`
     object raises CorpusError naming the file and line.
     """
-    import pyarrow.fs as pafs
-
     from lamini.corpus import CorpusError
+    from lamini.corpus.sources import jsonl_objects
 
-    fs, p = pafs.FileSystem.from_uri(path if "://" in path else f"file://{_abs(path)}")
-    with fs.open_input_stream(p) as f:
-        text = f.read().decode("utf-8")
     lines, texts, tox, chall = [], [], [], []
     n_lines = dropped = 0
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for file, n, obj in jsonl_objects(path):
         n_lines += 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(path, n, f"not JSON: {e.msg}") from None
-        prompt = obj.get("prompt") if isinstance(obj, dict) else None
+        prompt = obj.get("prompt")
         if not isinstance(prompt, dict):
-            raise CorpusError(path, n, "expected an object with a `prompt` object (RealToxicityPrompts format)")
+            raise CorpusError(file, n, "expected an object with a `prompt` object (RealToxicityPrompts format)")
         t, s = prompt.get("text"), prompt.get("toxicity")
         if t is None or s is None or not str(t).strip():
             dropped += 1
             continue
         if not isinstance(s, (int, float)) or not 0 <= s <= 1:
-            raise CorpusError(path, n, f"prompt.toxicity {s!r} is not a score in [0, 1]")
+            raise CorpusError(file, n, f"prompt.toxicity {s!r} is not a score in [0, 1]")
         lines.append(n)
         texts.append(str(t))
         tox.append(float(s))
         chall.append(bool(obj.get("challenging", False)))
     table = pa.table({"line": lines, "text": texts, "prompt_toxicity": tox, "challenging": chall})
     return table, {"lines": n_lines, "kept": len(lines), "dropped_null": dropped}
-
-
-def _abs(path: str) -> str:
-    import os
-
-    return os.path.abspath(path)
 
 
 def sample_prompts(table: pa.Table, cfg: ToxicityProbeConfig) -> tuple[pa.Table, dict[str, dict[str, int]]]:

@@ -66,28 +66,21 @@ _REASON = re.compile(r"reason\W*(.+)", re.I | re.S)
 
 
 def read_instructions(path: str) -> list[dict[str, Any]]:
-    """The user-oriented JSONL -> [{id, app, instruction, input}] in file order (the first instance's
-    input; "" when none). A bad line raises CorpusError naming the file and line."""
+    """The user-oriented JSONL (local or URI) -> [{id, app, instruction, input}] in file order (the
+    first instance's input; "" when none). A bad line raises CorpusError naming the file and line."""
     from lamini.corpus import CorpusError
+    from lamini.corpus.sources import jsonl_objects
 
     out, ids = [], set()
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(path, n, f"not JSON: {e.msg}") from None
-        if not isinstance(obj, dict) or obj.get("id") is None or not str(obj.get("instruction") or "").strip():
-            raise CorpusError(path, n, "expected an object with `id`, `motivation_app` and a non-empty `instruction`")
+    for file, n, obj in jsonl_objects(path):
+        if obj.get("id") is None or not str(obj.get("instruction") or "").strip():
+            raise CorpusError(file, n, "expected an object with `id`, `motivation_app` and a non-empty `instruction`")
         if str(obj["id"]) in ids:
-            raise CorpusError(path, n, f"id {obj['id']!r} repeats an earlier line")
+            raise CorpusError(file, n, f"id {obj['id']!r} repeats an earlier line")
         ids.add(str(obj["id"]))
         inst = obj.get("instances") or [{}]
         out.append({"id": str(obj["id"]), "app": str(obj.get("motivation_app") or ""),
                     "instruction": str(obj["instruction"]).strip(), "input": str(inst[0].get("input") or "").strip()})  # fmt: skip
-    if not out:
-        raise CorpusError(path, None, "no instructions")
     return out
 
 
