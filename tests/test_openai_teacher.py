@@ -38,8 +38,11 @@ def _no_key(monkeypatch):
 
 def teacher(server: FakeOpenAIServer, http_client: str, **overrides) -> OpenAITeacher:
     share = overrides.pop("share", 1.0)
+    # timeout_s: generous unless a test times out on purpose (hang faults set their own). At 0.5 s,
+    # a full suite on 2 busy cores once timed out an attempt before it reached the server (the
+    # client counted 3 attempts, the server 2), failing a test about which statuses are retried.
     fields = dict(model="fake-model", base_url=server.url, http_client=http_client, api_key_env=KEY_ENV,
-                  backoff_base_s=0.01, backoff_max_s=0.1, timeout_s=0.5, max_retries=3)
+                  backoff_base_s=0.01, backoff_max_s=0.1, timeout_s=5.0, max_retries=3)
     fields.update(overrides)
     return OpenAITeacher(OpenAITeacherConfig(**fields), share=share)
 
