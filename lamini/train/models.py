@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lamini.gguf_cache import loadable
+
 
 def model_source(spec: Any) -> tuple[str, dict[str, Any]]:
     """(what from_pretrained loads, its keyword arguments: gguf_file, trust_remote_code) for a StudentModelSpec."""
@@ -33,7 +35,7 @@ def load_tokenizer(spec: Any):
     src, kw = model_source(spec)
     if spec.tokenizer:
         src, kw = spec.tokenizer, {"trust_remote_code": spec.trust_remote_code}
-    return AutoTokenizer.from_pretrained(src, **kw)
+    return AutoTokenizer.from_pretrained(*loadable(src, kw))
 
 
 def load_student(spec: Any, family: str, dtype: str = "float32"):
@@ -41,10 +43,10 @@ def load_student(spec: Any, family: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    src, kw = model_source(spec)
+    src, kw = loadable(*model_source(spec))  # a local GGUF: its dequantised copy
     cls = AutoModelForSeq2SeqLM if family == "encoder-decoder" else AutoModelForCausalLM
     model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
-    if "gguf_file" in kw:
+    if "gguf_file" in kw:  # a hub GGUF (not cached): loaded straight from the file
         # transformers dequantises GGUF weights into ordinary tensors on load but keeps the gguf
         # quantizer attached, which makes save_pretrained refuse; the trained student is not quantized.
         model.hf_quantizer = None
