@@ -15,7 +15,7 @@ any process on the machine, reads that folder (~1 s).
 The key is the GGUF file's resolved path, size and mtime and the transformers version (its
 dequantisation code may change), so an edited or replaced file is converted again. Writers
 race safely: each converts into its own temporary folder and renames it into place; a loser
-drops its copy. Only local GGUF files are cached; a hub id with ``gguf_file`` loads as before.
+drops its copy, and the next converter removes what a killed one left. Only local GGUF files are cached; a hub id with ``gguf_file`` loads as before.
 ``LAMINI_GGUF_CACHE=off`` turns the cache off.
 """
 
@@ -25,12 +25,14 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "lamini-dequantised.txt"  # written last: a folder without it is not used
+_TMP = ".tmp-"  # temporary folders: <folder>.tmp-<host>-<pid>
 
 
 def cache_root() -> Path | None:
@@ -92,7 +94,8 @@ def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tok = AutoTokenizer.from_pretrained(src, **kw)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    sweep_stale(folder)
+    tmp = folder.with_name(f"{folder.name}{_tmp_tag(os.getpid())}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -103,3 +106,30 @@ def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (folder / COMPLETE).is_file():
             raise
+
+
+def _tmp_tag(pid: int) -> str:
+    # The host in the name: on a cache shared between nodes, a pid is only judged on its own host.
+    return f"{_TMP}{socket.gethostname()}-{pid}"
+
+
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove the temporary folders of converters on this host that died mid-write; returns them."""
+    prefix = f"{folder.name}{_TMP}{socket.gethostname()}-"
+    gone = []
+    for tmp in folder.parent.glob(f"{prefix}*"):
+        pid = tmp.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            gone.append(tmp)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

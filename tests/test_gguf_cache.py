@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lamini.gguf_cache import COMPLETE, cache_dir, loadable
+from lamini.gguf_cache import COMPLETE, _tmp_tag, cache_dir, loadable, sweep_stale
 
 
 @pytest.fixture
@@ -65,3 +65,20 @@ def test_smollm2_converted_once_equals_the_direct_gguf_load(cache):
     text = "Réponds: the quick brown fox, 42 × 7 = 294."
     assert tok_cached(text)["input_ids"] == tok_direct(text)["input_ids"]
     assert (tok_cached.eos_token, tok_cached.pad_token) == (tok_direct.eos_token, tok_direct.pad_token)
+
+
+def test_sweep_removes_only_dead_converters_on_this_host(tmp_path):
+    import subprocess
+
+    folder = tmp_path / "m-0123"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"m-0123{_tmp_tag(dead.pid)}"
+    live = tmp_path / f"m-0123{_tmp_tag(os.getpid())}"
+    other_host = tmp_path / f"m-0123.tmp-elsewhere-{dead.pid}"
+    other_model = tmp_path / f"m-9999{_tmp_tag(dead.pid)}"
+    for d in (stale, live, other_host, other_model):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    assert sweep_stale(folder) == [stale]
+    assert not stale.exists() and live.exists() and other_host.exists() and other_model.exists()
