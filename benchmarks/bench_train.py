@@ -33,16 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Before anything imports transformers, torch or Ray: read at import time, and inherited by the
-# Ray processes that ray.init starts from this one (so the train worker gets them too).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The Ray workers import lamini too: from this checkout, installed or not.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.machine import offline_env
+
+offline_env(ROOT)  # before anything imports transformers, torch or Ray
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402

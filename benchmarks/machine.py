@@ -9,6 +9,22 @@ from itertools import pairwise
 from typing import Any
 
 
+def offline_env(root) -> None:
+    """Set what the benchmarks need before anything imports transformers, torch or Ray.
+
+    Read at import time, and inherited by the Ray processes that ray.init starts from this one
+    (so train workers and actors get them too): offline hub, caches inside the checkout, no
+    progress bars; and PYTHONPATH, so Ray workers import lamini from this checkout, installed or not.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HOME", str(root / ".cache" / "hf"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / ".cache" / "torch_extensions"))
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(root)] + paths)
+
+
 def machine_busy_s() -> float:
     """CPU seconds all processes on the machine spent busy (from /proc/stat)."""
     with open("/proc/stat") as f:
