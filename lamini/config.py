@@ -391,6 +391,14 @@ class DatasetConfig(StrictModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
+    def instructions_config(self) -> InstructionsConfig:
+        """The instruction-generation part of this run, as `lamini instructions` would run it."""
+        return InstructionsConfig(
+            run_dir=f"{self.run_dir.rstrip('/')}/instructions", sources=self.generate, teacher=self.teacher,
+            generation=self.instruction_generation, seed=self.seed, overgenerate=self.overgenerate,
+            filters=self.filters, budget=self.budget, on_error=self.on_error, pipeline=self.pipeline, ray=self.ray,
+        )  # fmt: skip
+
     _default_backend = field_validator("teacher", mode="before")(ResponsesConfig._default_backend.__func__)
 
 

@@ -136,3 +136,32 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
     # The fake teacher parrots examples, repeats itself and uses blacklisted words: each filter fired.
     assert dropped.get("blacklist", 0) > 0 and dropped.get("near_duplicate", 0) + dropped.get("exact_duplicate", 0) > 0
     assert (run_dir / "report" / "report.md").exists()
+
+
+def test_instructions_stage_alone_matches_the_dataset_config(fake_openai, tmp_path):
+    """`lamini instructions` runs the same generation `lamini dataset` does, from its own config."""
+    from lamini.config import DatasetConfig, InstructionsConfig
+
+    full = _config(tmp_path, fake_openai.url)
+    part = DatasetConfig.model_validate(full).instructions_config()
+    assert part.run_dir == str(tmp_path / "run" / "instructions")
+    assert [s.name for s in part.sources] == list(TARGETS)
+    assert part.generation.max_tokens == 2000 and part.budget.max_rounds == 6 and part.seed == 7
+
+    keep = {"teacher", "budget", "on_error", "pipeline", "ray", "seed"}
+    cfg = {k: v for k, v in full.items() if k in keep}
+    cfg.update(run_dir=str(tmp_path / "inst"), sources=full["generate"][:1], generation=full["instruction_generation"])
+    cfg["sources"][0]["target"] = 25
+    InstructionsConfig.model_validate(cfg)  # the user's YAML below is a valid config
+    cfg_path = tmp_path / "instructions.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "lamini.cli", "instructions", "--config", str(cfg_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "instructions: self_instruct_without_topic: 25/25" in out.stdout
+    table = pq.read_table(tmp_path / "inst" / "dataset" / "instructions.parquet").to_pylist()
+    assert len(table) == 25 and {r["instruction_source"] for r in table} == {"self_instruct_without_topic"}
+    assert len({r["instruction"].lower() for r in table}) == 25
+    assert fake_openai.stats()["requests"] >= 2  # 25 at 20 per call (x overgenerate): at least two prompts

@@ -134,27 +134,20 @@ def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str]
     return kept, dropped_all, counts, near_report
 
 
-def generate_instructions(
-    run: RunDir,
-    *,
-    sources: list,
-    teacher: Any,
-    generation: Any,
-    seed: int,
-    overgenerate: float,
-    filters: Any,
-    budget: Any,
-    on_error: str,
-    pipeline: Any,
-    ray_cfg: Any,
-) -> GenerationState:
-    """Run (or resume) generation rounds in `run` until targets or budget; returns the state."""
+def generate_instructions(run: RunDir, cfg: Any) -> GenerationState:
+    """Run (or resume) generation rounds in `run` until targets or budget; returns the state.
+
+    cfg: an InstructionsConfig (`lamini dataset` passes ``DatasetConfig.instructions_config()``);
+    its run_dir is not read: `run` is where the rounds live.
+    """
     from lamini.generate.filters import normalize
     from lamini.generate.prompts import build_prompts
     from lamini.generate.teacher_run import answer_table
     from lamini.generate.topics import load_topics
 
-    seeds = _load_seeds(sources, on_error, run)
+    sources, teacher, generation, seed = cfg.sources, cfg.teacher, cfg.generation, cfg.seed
+    overgenerate, filters, budget, pipeline, ray_cfg = cfg.overgenerate, cfg.filters, cfg.budget, cfg.pipeline, cfg.ray
+    seeds = _load_seeds(sources, cfg.on_error, run)
     topics = {s.name: load_topics(s.topics) for s in sources if s.mode == "topic"}
     seed_texts = _seed_texts(seeds)
     seen = {normalize(t) for t in seed_texts}
@@ -266,11 +259,7 @@ def run_instructions(cfg: Any) -> InstructionsSummary:
 
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    state = generate_instructions(
-        RunDir(run.uri_of("instructions")), sources=cfg.sources, teacher=cfg.teacher, generation=cfg.generation,
-        seed=cfg.seed, overgenerate=cfg.overgenerate, filters=cfg.filters, budget=cfg.budget,
-        on_error=cfg.on_error, pipeline=cfg.pipeline, ray_cfg=cfg.ray,
-    )  # fmt: skip
+    state = generate_instructions(RunDir(run.uri_of("instructions")), cfg)
     run.makedirs("dataset")
     run.write_table("dataset/instructions.parquet", state.table())
     summary = InstructionsSummary(
