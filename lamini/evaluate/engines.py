@@ -43,17 +43,13 @@ class HFStudentUDF:
     def generate(self, prompts: list[str]) -> list:
         """Prompts -> ChatResults in the same order, in chunks of the student's batch_size,
         sorted by length so a chunk wastes little on padding."""
-        from lamini.teachers.hf_local import batched_generate
+        from lamini.teachers.hf_local import batched_generate, by_length_chunks
 
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list = [None] * len(prompts)
-        bs = self.serving.student.batch_size
-        for start in range(0, len(order), bs):
-            chunk = order[start : start + bs]
-            out = batched_generate(
+        def chunk(ps: list[str]) -> list:
+            return batched_generate(
                 self.model,
                 self.tokenizer,
-                [prompts[i] for i in chunk],
+                ps,
                 max_tokens=self.gen.max_tokens,
                 temperature=self.gen.temperature,
                 top_p=self.gen.top_p,
@@ -62,9 +58,8 @@ class HFStudentUDF:
                 max_input_tokens=self.serving.student.max_input_tokens,
                 min_tokens=self.min_tokens,
             )
-            for i, r in zip(chunk, out):
-                results[i] = r
-        return results
+
+        return by_length_chunks(prompts, self.serving.student.batch_size, chunk)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = self.generate(batch.column("prompt").to_pylist())

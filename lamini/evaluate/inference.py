@@ -148,18 +148,11 @@ def wrap(instruction: str, wrapper: str) -> str:
 
 def load_for_generation(serving: Serving):
     """(model in eval mode on serving.device, tokenizer set up for batched generation)."""
+    from lamini.teachers.hf_local import prepare_tokenizer
     from lamini.train.models import load_student, load_tokenizer
 
     model = load_student(serving.student, serving.family, serving.dtype).to(serving.device).eval()
-    tok = load_tokenizer(serving.student)
-    if serving.family == "decoder":
-        # Every prompt must end at the same position for a decoder to continue it: pad on the
-        # left; a prompt over max_input_tokens loses its start, not the question at its end.
-        tok.padding_side = "left"
-        tok.truncation_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    return model, prepare_tokenizer(load_tokenizer(serving.student), decoder=serving.family == "decoder")
 
 
 def cluster_facts() -> tuple[float, bool]:

