@@ -15,8 +15,9 @@ any process on the machine, reads that folder (~1 s).
 The key is the GGUF file's resolved path, size and mtime and the transformers version (its
 dequantisation code may change), so an edited or replaced file is converted again. Writers
 race safely: each converts into its own temporary folder and renames it into place; a loser
-drops its copy, and the next converter removes what a killed one left. Only local GGUF files are cached; a hub id with ``gguf_file`` loads as before.
-``LAMINI_GGUF_CACHE=off`` turns the cache off.
+drops its copy, and the next converter removes what a killed one left. Only local GGUF files
+are cached; a hub id with ``gguf_file`` loads as before. ``LAMINI_GGUF_CACHE=off`` turns the
+cache off.
 """
 
 from __future__ import annotations
@@ -86,13 +87,7 @@ def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
     log.info("dequantising %s once into %s (later loads read that copy)", path, folder)
     conf = AutoConfig.from_pretrained(src, **kw)
     cls = AutoModelForSeq2SeqLM if getattr(conf, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = cls.from_pretrained(src, dtype=torch.float32, **kw)
-    # transformers keeps the GGUF quantizer attached to the dequantised model, which makes
-    # save_pretrained refuse; the tensors are ordinary float32 ones.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model = detach_quantizer(cls.from_pretrained(src, dtype=torch.float32, **kw))
     tok = AutoTokenizer.from_pretrained(src, **kw)
     sweep_stale(folder)
     tmp = folder.with_name(f"{folder.name}{_tmp_tag(os.getpid())}")
@@ -106,6 +101,19 @@ def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (folder / COMPLETE).is_file():
             raise
+
+
+def detach_quantizer(model):
+    """A model loaded from GGUF, made an ordinary one; returns it.
+
+    transformers dequantises GGUF weights into ordinary tensors on load but keeps the GGUF
+    quantizer attached, which makes save_pretrained refuse (a copy here, a trained student).
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
 
 
 def _tmp_tag(pid: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lamini.gguf_cache import loadable
+from lamini.gguf_cache import detach_quantizer, loadable
 
 
 def model_source(spec: Any) -> tuple[str, dict[str, Any]]:
@@ -47,12 +47,7 @@ def load_student(spec: Any, family: str, dtype: str = "float32"):
     cls = AutoModelForSeq2SeqLM if family == "encoder-decoder" else AutoModelForCausalLM
     model = cls.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
     if "gguf_file" in kw:  # a hub GGUF (not cached): loaded straight from the file
-        # transformers dequantises GGUF weights into ordinary tensors on load but keeps the gguf
-        # quantizer attached, which makes save_pretrained refuse; the trained student is not quantized.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        detach_quantizer(model)  # the trained student is saved as an ordinary model
     return model
 
 
