@@ -392,9 +392,10 @@ class DatasetConfig(StrictModel):
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
     def instructions_config(self) -> InstructionsConfig:
-        """The instruction-generation part of this run, as `lamini instructions` would run it."""
+        """The instruction-generation part of this run, as `lamini instructions` would run it on
+        this run directory (its rounds under run_dir/instructions)."""
         return InstructionsConfig(
-            run_dir=f"{self.run_dir.rstrip('/')}/instructions", sources=self.generate, teacher=self.teacher,
+            run_dir=self.run_dir, sources=self.generate, teacher=self.teacher,
             generation=self.instruction_generation, seed=self.seed, overgenerate=self.overgenerate,
             filters=self.filters, budget=self.budget, on_error=self.on_error, pipeline=self.pipeline, ray=self.ray,
         )  # fmt: skip

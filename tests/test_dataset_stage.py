@@ -144,7 +144,7 @@ def test_instructions_stage_alone_matches_the_dataset_config(fake_openai, tmp_pa
 
     full = _config(tmp_path, fake_openai.url)
     part = DatasetConfig.model_validate(full).instructions_config()
-    assert part.run_dir == str(tmp_path / "run" / "instructions")
+    assert part.run_dir == str(tmp_path / "run")  # the rounds of both go to run/instructions
     assert [s.name for s in part.sources] == list(TARGETS)
     assert part.generation.max_tokens == 2000 and part.budget.max_rounds == 6 and part.seed == 7
 

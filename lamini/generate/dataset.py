@@ -86,7 +86,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
     generated: dict[str, int] = {}
     gen_state = None
     if cfg.generate:
-        gen_state = generate_instructions(RunDir(run.uri_of("instructions")), cfg.instructions_config())
+        gen_state = generate_instructions(cfg.instructions_config())
         generated = {s.name: gen_state.count(s.name) for s in cfg.generate}
         parts.append(_generated_rows(gen_state.table()))
     originals = None

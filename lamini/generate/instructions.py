@@ -134,19 +134,17 @@ def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str]
     return kept, dropped_all, counts, near_report
 
 
-def generate_instructions(run: RunDir, cfg: Any) -> GenerationState:
-    """Run (or resume) generation rounds in `run` until targets or budget; returns the state.
-
-    cfg: an InstructionsConfig (`lamini dataset` passes ``DatasetConfig.instructions_config()``);
-    its run_dir is not read: `run` is where the rounds live.
-    """
+def generate_instructions(cfg: Any) -> GenerationState:
+    """Run (or resume) generation rounds under cfg.run_dir/instructions until targets or budget;
+    returns the state. cfg: an InstructionsConfig (`lamini dataset` passes
+    ``DatasetConfig.instructions_config()``, whose run_dir is the dataset's)."""
     from lamini.generate.filters import normalize
     from lamini.generate.prompts import build_prompts
     from lamini.generate.teacher_run import answer_table
     from lamini.generate.topics import load_topics
 
-    sources, teacher, generation, seed = cfg.sources, cfg.teacher, cfg.generation, cfg.seed
-    overgenerate, filters, budget, pipeline, ray_cfg = cfg.overgenerate, cfg.filters, cfg.budget, cfg.pipeline, cfg.ray
+    run = RunDir(RunDir(cfg.run_dir).uri_of("instructions"))
+    sources, budget = cfg.sources, cfg.budget
     seeds = _load_seeds(sources, cfg.on_error, run)
     topics = {s.name: load_topics(s.topics) for s in sources if s.mode == "topic"}
     seed_texts = _seed_texts(seeds)
@@ -181,24 +179,24 @@ def generate_instructions(run: RunDir, cfg: Any) -> GenerationState:
         prompt_tables = []
         for s in short:
             missing = s.target - state.count(s.name)
-            n_prompts = max(1, math.ceil(missing * overgenerate / s.per_call))
+            n_prompts = max(1, math.ceil(missing * cfg.overgenerate / s.per_call))
             if budget.max_requests is not None:
                 n_prompts = min(n_prompts, budget.max_requests - state.requests)
             prompt_tables.append(
-                build_prompts(s, seeds[s.name], n_prompts, seed=seed, round=round_no, topics=topics.get(s.name))
+                build_prompts(s, seeds[s.name], n_prompts, seed=cfg.seed, round=round_no, topics=topics.get(s.name))
             )
         prompts = pa.concat_tables(prompt_tables)
         log.info("round %d: %d prompts for %s", round_no, prompts.num_rows, [s.name for s in short])
         round_run = RunDir(run.uri_of(rdir))
         done = answer_table(
-            prompts, round_run, teacher=teacher, generation=generation, system_prompt=None,
-            pipeline=pipeline, ray_cfg=ray_cfg,
+            prompts, round_run, teacher=cfg.teacher, generation=cfg.generation, system_prompt=None,
+            pipeline=cfg.pipeline, ray_cfg=cfg.ray,
         )  # fmt: skip
         # finalize always writes responses.parquet (empty when every request failed)
         outputs = round_run.read_table("dataset/responses.parquet")
         cand_rows, outcomes = _parse_round(outputs, round_no)
         cands = pa.Table.from_pylist(cand_rows, schema=CANDIDATE_SCHEMA)
-        kept, dropped, counts, near_report = _filter_round(cands, state, seed_texts, seen, sources, filters)
+        kept, dropped, counts, near_report = _filter_round(cands, state, seed_texts, seen, sources, cfg.filters)
         accepted_by_source = {s.name: 0 for s in sources}
         for r in kept.to_pylist():
             state.accepted[r["instruction_source"]].append({k: r[k] for k in CANDIDATE_SCHEMA.names})
@@ -259,7 +257,7 @@ def run_instructions(cfg: Any) -> InstructionsSummary:
 
     t0 = time.time()
     run = RunDir(cfg.run_dir)
-    state = generate_instructions(RunDir(run.uri_of("instructions")), cfg)
+    state = generate_instructions(cfg)
     run.makedirs("dataset")
     run.write_table("dataset/instructions.parquet", state.table())
     summary = InstructionsSummary(
