@@ -59,17 +59,12 @@ def import_sheet(path: str, answers: pa.Table) -> tuple[str, pa.Table]:
     """
     from lamini.corpus import CorpusError
     from lamini.evaluate.hallucination import VERDICT_SCHEMA
+    from lamini.evaluate.sheets import csv_rows
 
     known = {(r["student"], r["id"]): r["category"] for r in answers.select(["student", "id", "category"]).to_pylist()}
-    text = Path(path).read_text(encoding="utf-8-sig")  # Excel writes a BOM
-    reader = csv.DictReader(io.StringIO(text))
-    need = {"student", "question_id", "verdict"}
-    if reader.fieldnames is None or not need <= set(reader.fieldnames):
-        raise CorpusError(path, 1, f"the header needs the columns {sorted(need)} (got {reader.fieldnames})")
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     raters: set[str] = set()
-    for r in reader:
-        line = reader.line_num
+    for line, r in csv_rows(path, {"student", "question_id", "verdict"}):
         key = (r["student"] or "", r["question_id"] or "")
         if key not in known:
             raise CorpusError(path, line, f"student {key[0]!r}, question {key[1]!r} is not an answer of this run")

@@ -30,7 +30,7 @@ import io
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 GRADES = ("A", "B", "C", "D")
 # Table 7 of the paper, word for word apart from the parenthesis of A.
@@ -123,6 +123,28 @@ def write_sheets(run: Any, items: list[dict[str, Any]], seed: int, annotators: i
     return out
 
 
+def csv_rows(path: str, need: set[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """A rating sheet as people send it back -> (line the row starts on, row) per row.
+
+    Reads what spreadsheets write: a BOM (Excel), and leading `#` comment lines, which they may
+    quote or pad with commas. Line numbers are physical lines (a quoted cell may span several).
+    Raises CorpusError(path, line) for a header without the `need` columns.
+    """
+    from lamini.corpus import CorpusError
+
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    skip = 0
+    while skip < len(lines) and lines[skip].lstrip('"').startswith("#"):
+        skip += 1
+    reader = csv.DictReader(io.StringIO("".join(lines[skip:])))
+    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        raise CorpusError(path, skip + 1, f"the header needs the columns {sorted(need)} (got {reader.fieldnames})")
+    start = skip + 2  # physical line of the next row (1-based; the header is skip + 1)
+    for r in reader:
+        line, start = start, skip + reader.line_num + 1
+        yield line, r
+
+
 def import_ratings(paths: list[str], key: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Filled sheets + the key -> (one row per rated response: {student, instruction_id, grade,
     notes, sheet}, {"sheets": [imported sheet numbers], "rated": n}).
@@ -138,19 +160,8 @@ def import_ratings(paths: list[str], key: dict[str, Any]) -> tuple[list[dict[str
     seen: dict[str, str] = {}  # response_id -> "file:line" where it was rated
     out, sheets = [], []
     for path in paths:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines(keepends=True)  # Excel writes a BOM
-        # Spreadsheets may quote the comment lines or pad them with commas: skip any leading `#` line.
-        skip = 0
-        while skip < len(lines) and lines[skip].lstrip('"').startswith("#"):
-            skip += 1
-        reader = csv.DictReader(io.StringIO("".join(lines[skip:])))
-        need = {"sheet", "instruction_id", "response_id", "rating"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise CorpusError(path, skip + 1, f"the header needs the columns {sorted(need)} (got {reader.fieldnames})")
         sheet: int | None = None
-        start = skip + 2  # physical line of the next row (1-based; the header is skip + 1)
-        for r in reader:
-            line, start = start, skip + reader.line_num + 1
+        for line, r in csv_rows(path, {"sheet", "instruction_id", "response_id", "rating"}):
             rid = (r["response_id"] or "").strip()
             where = f"response {rid!r} (instruction {r['instruction_id']!r})"
             k = known.get(rid)
