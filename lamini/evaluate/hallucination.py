@@ -24,13 +24,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from lamini.evaluate import judging
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
-from lamini.evaluate.judging import ask_judge, request_id, slug
+from lamini.evaluate.judging import ask_judge, judge_name, request_id, slug
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
 
@@ -82,9 +82,7 @@ def read_questions(path: str | None) -> pa.Table:
 
 
 def load_rubric(path: str | None) -> str:
-    if path is None:
-        return resources.files("lamini").joinpath("prompts/hallucination_judge.txt").read_text("utf-8").rstrip("\n")
-    return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    return judging.load_rubric(path, "hallucination_judge.txt")
 
 
 def judge_prompt(rubric: str, question: str, answer: str) -> str:
@@ -104,11 +102,6 @@ def parse_verdict(text: str | None) -> tuple[str | None, str]:
     r = _REASON.search(text[m.end() :] if m else text)
     reason = (r.group(1) if r else text).strip()
     return (m.group(1).lower() if m else None), reason
-
-
-def judge_name(judge: JudgeConfig) -> str:
-    model = getattr(judge.teacher, "model", None) or "embedded-smollm2"
-    return judge.name or f"llm:{model}"
 
 
 def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) -> pa.Table:

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import re
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from lamini.runs.rundir import RunDir
+
+
+def judge_name(judge: Any) -> str:
+    """A judge's name in tables and files: its configured name, else `llm:<teacher model>`."""
+    return judge.name or f"llm:{getattr(judge.teacher, 'model', None) or 'embedded-smollm2'}"
+
+
+def load_rubric(path: str | None, packaged: str) -> str:
+    """The rubric at `path`, else the packaged lamini/prompts/<packaged>."""
+    text = Path(path).read_text(encoding="utf-8") if path else resources.files("lamini").joinpath(
+        f"prompts/{packaged}").read_text("utf-8")  # fmt: skip
+    return text.rstrip("\n")
 
 
 def slug(name: str) -> str:

@@ -28,15 +28,14 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from lamini.evaluate import judging
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
 from lamini.evaluate.inference import ROW_INDEX
-from lamini.evaluate.judging import ask_judge, request_id, slug
+from lamini.evaluate.judging import ask_judge, judge_name, request_id, slug
 from lamini.evaluate.sheets import CRITERIA, GRADES
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
@@ -136,9 +135,7 @@ def select_instructions(
 
 
 def load_rubric(path: str | None) -> str:
-    if path is None:
-        return resources.files("lamini").joinpath("prompts/user_oriented_judge.txt").read_text("utf-8").rstrip("\n")
-    return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    return judging.load_rubric(path, "user_oriented_judge.txt")
 
 
 def parse_grade(text: str | None) -> tuple[str | None, str]:
@@ -159,10 +156,6 @@ def majority(votes: list[str]) -> str | None:
     counts = Counter(votes)
     top = max(counts.values())
     return max(g for g, n in counts.items() if n == top)  # "D" > "A": the worst of the tied
-
-
-def judge_name(judge: UserJudgeConfig) -> str:
-    return judge.name or f"llm:{getattr(judge.teacher, 'model', None) or 'embedded-smollm2'}"
 
 
 def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunDir, ray_cfg: Any) -> pa.Table:
