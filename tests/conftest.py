@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -52,6 +53,21 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+class TinyLMs(NamedTuple):
+    causal: Path  # decoder-only (GPT-NeoX-like), with a ChatML chat template
+    seq2seq: Path  # T5-like encoder-decoder
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory) -> TinyLMs:
+    """The two tiny students every model test uses (2 layers, hidden 64, a BPE tokenizer trained
+    on the seed tasks), built once per session. Tests only read them: runs write elsewhere."""
+    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
+
+    d = tmp_path_factory.mktemp("tiny_lms")
+    return TinyLMs(build_tiny_causal_lm(d / "causal"), build_tiny_seq2seq_lm(d / "seq2seq"))
 
 
 @pytest.fixture

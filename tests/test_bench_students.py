@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from lamini.evaluate.bench import load_prompts, percentile
+from lamini.evaluate.bench import load_prompts
+from lamini.evaluate.bench_actor import percentile
 
 N_PROMPTS, MAX_TOKENS, BATCH_SIZES = 8, 8, [1, 4]
 
@@ -42,13 +43,11 @@ def test_importing_the_bench_loads_no_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_bench_students_on_tiny_models(ray_local, tmp_path, capsys):
+def test_bench_students_on_tiny_models(ray_local, tiny_lms, tmp_path, capsys):
     from lamini.evaluate.bench import run_bench_students
     from lamini.evaluate.config import BenchStudentsConfig
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
 
-    causal = build_tiny_causal_lm(tmp_path / "causal")
-    seq2seq = build_tiny_seq2seq_lm(tmp_path / "seq2seq")
+    causal, seq2seq = tiny_lms
     cfg = BenchStudentsConfig(
         students=[
             {"name": "tiny-dec", "base": str(causal), "num_cpus_per_actor": 1},

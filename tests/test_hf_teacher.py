@@ -18,10 +18,8 @@ FINISH_REASONS = {"stop", "length"}
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm
-
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "causal")
+def tiny_lm(tiny_lms):
+    return tiny_lms.causal
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +58,10 @@ def test_tiny_causal_lm_is_a_real_deterministic_chat_model(tiny_lm, tmp_path):
     assert (tiny_lm / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-def test_tiny_seq2seq_lm_loads(tmp_path):
+def test_tiny_seq2seq_lm_loads(tiny_lms):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from lamini.testing.tiny_models import build_tiny_seq2seq_lm
-
-    path = build_tiny_seq2seq_lm(tmp_path / "t5")
+    path = tiny_lms.seq2seq
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSeq2SeqLM.from_pretrained(path)
     assert type(model).__name__ == "T5ForConditionalGeneration" and model.config.d_model == 64

@@ -17,14 +17,6 @@ from lamini.teachers.vllm_engine import STASH, from_vllm_row, sampling_params_of
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
-
-    d = tmp_path_factory.mktemp("inf")
-    return build_tiny_causal_lm(d / "causal"), build_tiny_seq2seq_lm(d / "s2s")
-
-
 def test_choose_engine_prefers_vllm_only_where_it_serves():
     assert choose_engine("auto", "decoder", "llama", False, 8, True) == ("vllm", "decoder-only model vLLM serves, on a GPU cluster")
     for args, why in [
@@ -43,10 +35,10 @@ def test_choose_engine_prefers_vllm_only_where_it_serves():
     assert choose_engine("hf", "decoder", "llama", False, 8, True)[0] == "hf"
 
 
-def test_plan_serving_reads_family_params_and_sizes_gpus(tiny):
+def test_plan_serving_reads_family_params_and_sizes_gpus(tiny_lms):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    causal, s2s = tiny
+    causal, s2s = tiny_lms
     dec = plan_serving(StudentSpec(name="d", base=str(causal)), cluster_gpus=0, have_vllm=False)
     enc = plan_serving(StudentSpec(name="e", base=str(s2s)), cluster_gpus=0, have_vllm=False)
     assert (dec.family, dec.wrapper, dec.engine, dec.device, dec.num_gpus) == ("decoder", "alpaca", "hf", "cpu", 0)
@@ -82,10 +74,10 @@ def test_vllm_text_row_mapping_keeps_columns_and_sampling():
     assert (back["response"], back["completion_tokens"], back["finish_reason"], back["error"]) == (" An apple.", 4, "stop", None)
 
 
-def test_vllm_processor_config_shares_a_gpu_between_small_students(tiny):
+def test_vllm_processor_config_shares_a_gpu_between_small_students(tiny_lms):
     from lamini.evaluate.engines import vllm_processor_config
 
-    causal, _ = tiny
+    causal, _ = tiny_lms
     serving = plan_serving(StudentSpec(name="g", base=str(causal), batch_size=24, max_actors=3), cluster_gpus=8, have_vllm=True)
     pc = vllm_processor_config(serving)
     assert pc.model_source == str(causal) and pc.batch_size == 24 and pc.concurrency == (1, 3)
@@ -94,11 +86,11 @@ def test_vllm_processor_config_shares_a_gpu_between_small_students(tiny):
     assert pc.chat_template_stage is False and pc.should_continue_on_error is True
 
 
-def test_batched_hf_generation_equals_one_at_a_time(tiny):
+def test_batched_hf_generation_equals_one_at_a_time(tiny_lms):
     """Left padding and length-sorted chunks must not change what a greedy student writes."""
     from lamini.evaluate.engines import HFStudentUDF
 
-    causal, s2s = tiny
+    causal, s2s = tiny_lms
     prompts = [wrap(p, "alpaca") for p in ("Hi.", "Name three red fruits, please.", "Why is the sky blue on a clear day?")]
     gen = GenerationParams(max_tokens=12, temperature=0.0)
     for base, family_prompts in ((causal, prompts), (s2s, ["Hi.", "Name three red fruits.", "Why is the sky blue?"])):
@@ -110,8 +102,8 @@ def test_batched_hf_generation_equals_one_at_a_time(tiny):
         assert all(r.completion_tokens > 0 for r in many.generate(family_prompts))
 
 
-def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local, tiny, tmp_path):
-    causal, s2s = tiny
+def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local, tiny_lms, tmp_path):
+    causal, s2s = tiny_lms
     students = [
         StudentSpec(name="dec", base=str(causal), batch_size=4, num_cpus_per_actor=0.5, max_actors=2),
         StudentSpec(name="enc", base=str(s2s), batch_size=4, num_cpus_per_actor=0.5),
@@ -134,10 +126,10 @@ def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local,
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (extra [gpu]) and a GPU")
-def test_vllm_students_on_gpu(tmp_path, tiny):
+def test_vllm_students_on_gpu(tmp_path, tiny_lms):
     import ray
 
-    causal, _ = tiny
+    causal, _ = tiny_lms
     ray.init(ignore_reinit_error=True)
     students = [StudentSpec(name="v", base=str(causal), engine="vllm", batch_size=8, max_model_len=512)]
     rows = pa.table({"id": ["a", "b", "c"], "instruction": ["Hi.", "Name a fruit.", "Count to three."]})

@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from lamini.evaluate.lm_eval_report import format_params, markdown_tables, summarize
-from lamini.evaluate.lm_eval_runner import (
-    WrappedContexts,
-    _absolute,
-    task_gpus,
-    wrap_context,
-    wrap_requests,
-)
+from lamini.evaluate.lm_eval_runner import _absolute, task_gpus
+from lamini.evaluate.lm_eval_wrap import WrappedContexts, wrap_context, wrap_requests
 from lamini.evaluate.lm_eval_tasks import (
     PAPER_TASKS,
     eval_tasks,
@@ -33,33 +28,25 @@ N_QUESTIONS = sum(1 for line in (TASK_DIR / "science_mc.jsonl").read_text().spli
 ALPACA_HEAD = alpaca_prompt("X").split("X")[0]
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
-
-    d = tmp_path_factory.mktemp("lm_eval_models")
-    return {"causal": str(build_tiny_causal_lm(d / "causal")), "seq2seq": str(build_tiny_seq2seq_lm(d / "seq2seq"))}
-
-
-def _cfg(tiny_models, run_dir, **kw):
+def _cfg(tiny_lms, run_dir, **kw):
     from lamini.evaluate.config import EvalConfig
 
     students = [
-        {"name": "causal-alpaca", "base": tiny_models["causal"]},  # wrapper auto -> alpaca (decoder-only)
-        {"name": "causal-raw", "base": tiny_models["causal"], "wrapper": "none"},
-        {"name": "t5-raw", "base": tiny_models["seq2seq"]},  # wrapper auto -> none (encoder-decoder)
-        {"name": "t5-alpaca", "base": tiny_models["seq2seq"], "wrapper": "alpaca"},
+        {"name": "causal-alpaca", "base": str(tiny_lms.causal)},  # wrapper auto -> alpaca (decoder-only)
+        {"name": "causal-raw", "base": str(tiny_lms.causal), "wrapper": "none"},
+        {"name": "t5-raw", "base": str(tiny_lms.seq2seq)},  # wrapper auto -> none (encoder-decoder)
+        {"name": "t5-alpaca", "base": str(tiny_lms.seq2seq), "wrapper": "alpaca"},
     ]
     base = {"students": students, "tasks": ["science_mc"], "include_path": str(TASK_DIR), "run_dir": str(run_dir)}
     return EvalConfig(**{**base, "bootstrap_iters": 10, "batch_size": 8, **kw})
 
 
-def test_run_eval_local_task_wrapper_on_and_off_resume_and_failures(ray_local, tiny_models, tmp_path, capsys):
+def test_run_eval_local_task_wrapper_on_and_off_resume_and_failures(ray_local, tiny_lms, tmp_path, capsys):
     from lamini.evaluate.lm_eval_runner import run_eval
 
     run_dir = tmp_path / "eval"
     # The YAML's data_files path is relative to the YAML; nothing may depend on the test's cwd.
-    cfg = _cfg(tiny_models, run_dir, tasks=["science_mc", "no_such_task"], metrics={"science_mc": "acc_norm"})
+    cfg = _cfg(tiny_lms, run_dir, tasks=["science_mc", "no_such_task"], metrics={"science_mc": "acc_norm"})
     summary = run_eval(cfg)
     out = capsys.readouterr().out
     assert (summary.computed, summary.reused, summary.missing) == (8, 0, 4), out
@@ -115,23 +102,23 @@ def test_run_eval_local_task_wrapper_on_and_off_resume_and_failures(ray_local, t
     assert json.loads((run_dir / "results.json").read_text())["models"] == doc["models"]
 
     # Same config without the broken task: nothing to compute, Ray not even asked.
-    done = run_eval(_cfg(tiny_models, run_dir, metrics={"science_mc": "acc"}))
+    done = run_eval(_cfg(tiny_lms, run_dir, metrics={"science_mc": "acc"}))
     assert (done.computed, done.reused, done.missing) == (0, 4, 0)
     # The reported metric is chosen at report time, from every metric the pair recorded.
     assert json.loads((run_dir / "results.json").read_text())["metrics"] == {"science_mc": "acc"}
 
 
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])
-def test_wrapped_hflm_scores_the_wrapped_context(tiny_models, family):
+def test_wrapped_hflm_scores_the_wrapped_context(tiny_lms, family):
     """The HFLM subclass gives the model alpaca_prompt(context): its log-likelihoods equal plain HFLM's
     on the wrapped context and differ from plain HFLM's on the raw one."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from lamini.evaluate.lm_eval_runner import wrapped_hflm_class
+    from lamini.evaluate.lm_eval_wrap import wrapped_hflm_class
 
-    path = tiny_models[family]
+    path = getattr(tiny_lms, family)
     cls = AutoModelForCausalLM if family == "causal" else AutoModelForSeq2SeqLM
     model, tok = cls.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 

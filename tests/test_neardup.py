@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

@@ -19,21 +19,13 @@ from lamini.evaluate.config import HallucinationConfig, JudgeConfig, StudentSpec
 from lamini.evaluate.hallucination import CATEGORIES, parse_verdict, read_questions, run_hallucination
 from lamini.evaluate.ratings import import_sheet
 from lamini.evaluate.toxicity_probe import read_rtp, run_toxicity_probe, sample_prompts
-from lamini.testing.fake_openai import fake_judge_verdict
+from lamini.testing.fake_replies import fake_judge_verdict
 from lamini.testing.tiny_detoxify import TOXIC_TRIGGER
 
 from conftest import ROOT, shared_data
 
 RTP = ROOT / "tests" / "fixtures" / "rtp" / "prompts.jsonl"
 SECRET = "sk-test-probe-secret-4242"
-
-
-@pytest.fixture(scope="module")
-def tiny_students(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
-
-    d = tmp_path_factory.mktemp("students")
-    return build_tiny_causal_lm(d / "causal"), build_tiny_seq2seq_lm(d / "s2s")
 
 
 def _students(tiny, smollm: bool = True) -> list[StudentSpec]:
@@ -104,7 +96,7 @@ def test_rtp_reading_drops_nulls_and_the_draw_is_seeded_and_stratified():
 # ------------------------------------------------------------------------------------------
 
 
-def test_hallucination_probe_llm_judge_rating_sheet_round_trip(ray_local, tiny_students, tmp_path, monkeypatch):
+def test_hallucination_probe_llm_judge_rating_sheet_round_trip(ray_local, tiny_lms, tmp_path, monkeypatch):
     from lamini.testing.fake_openai import FakeOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
@@ -116,7 +108,7 @@ def test_hallucination_probe_llm_judge_rating_sheet_round_trip(ray_local, tiny_s
             pipeline=PipelineConfig(batch_size=20, max_actors=1, num_cpus_per_actor=0.1),
         )
         cfg = HallucinationConfig(
-            students=_students(tiny_students),
+            students=_students(tiny_lms),
             generation=GenerationParams(max_tokens=40, temperature=0.0, seed=0),
             judges=[judge],
             run_dir=str(run_dir),
@@ -192,9 +184,9 @@ def test_hallucination_probe_llm_judge_rating_sheet_round_trip(ray_local, tiny_s
             assert SECRET.encode() not in p.read_bytes(), p
 
 
-def test_bad_rating_sheet_names_file_and_line(ray_local, tiny_students, tmp_path):
+def test_bad_rating_sheet_names_file_and_line(ray_local, tiny_lms, tmp_path):
     cfg = HallucinationConfig(
-        students=_students(tiny_students, smollm=False)[:1],
+        students=_students(tiny_lms, smollm=False)[:1],
         generation=GenerationParams(max_tokens=4, temperature=0.0),
         run_dir=str(tmp_path / "run"),
     )
@@ -233,10 +225,10 @@ def tiny_ckpt(tmp_path_factory):
     return build_tiny_detoxify_checkpoint(tmp_path_factory.mktemp("tiny") / "detoxify")
 
 
-def test_toxicity_probe_end_to_end(ray_local, tiny_students, tiny_ckpt, tmp_path):
+def test_toxicity_probe_end_to_end(ray_local, tiny_lms, tiny_ckpt, tmp_path):
     run_dir = tmp_path / "tox"
     cfg = ToxicityProbeConfig(
-        students=_students(tiny_students),
+        students=_students(tiny_lms),
         prompts=str(RTP),
         n_nontoxic=10,
         n_toxic=10,

@@ -23,21 +23,17 @@ from lamini.train.data import (
 
 
 @pytest.fixture(scope="module")
-def causal_tok(tmp_path_factory):
+def causal_tok(tiny_lms):
     from transformers import AutoTokenizer
 
-    from lamini.testing.tiny_models import build_tiny_causal_lm
-
-    return AutoTokenizer.from_pretrained(build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_causal")))
+    return AutoTokenizer.from_pretrained(tiny_lms.causal)
 
 
 @pytest.fixture(scope="module")
-def seq2seq_tok(tmp_path_factory):
+def seq2seq_tok(tiny_lms):
     from transformers import AutoTokenizer
 
-    from lamini.testing.tiny_models import build_tiny_seq2seq_lm
-
-    return AutoTokenizer.from_pretrained(build_tiny_seq2seq_lm(tmp_path_factory.mktemp("tiny_s2s")))
+    return AutoTokenizer.from_pretrained(tiny_lms.seq2seq)
 
 
 def alpaca_rows(n: int = 40) -> list[tuple[str, str]]:

@@ -21,11 +21,8 @@ from lamini.train.trainer import read_history
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
-
-    base = tmp_path_factory.mktemp("students")
-    return {"decoder": build_tiny_causal_lm(base / "causal"), "encoder-decoder": build_tiny_seq2seq_lm(base / "s2s")}
+def tiny(tiny_lms):
+    return {"decoder": tiny_lms.causal, "encoder-decoder": tiny_lms.seq2seq}  # by TrainConfig family
 
 
 def _cfg(model_dir, run_dir, **kw) -> dict:

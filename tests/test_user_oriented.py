@@ -31,7 +31,7 @@ from lamini.evaluate.user_oriented import (
     select_instructions,
 )
 from lamini.runs.rundir import RunDir
-from lamini.testing.fake_openai import fake_grade
+from lamini.testing.fake_replies import fake_grade
 
 SECRET = "sk-test-user-oriented-7171"
 
@@ -258,11 +258,8 @@ def test_html_sheet_rates_and_saves_in_headless_chromium(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_students(tmp_path_factory):
-    from lamini.testing.tiny_models import build_tiny_causal_lm, build_tiny_seq2seq_lm
-
-    d = tmp_path_factory.mktemp("students")
-    causal, s2s = build_tiny_causal_lm(d / "causal"), build_tiny_seq2seq_lm(d / "s2s")
+def tiny_students(tiny_lms):
+    causal, s2s = tiny_lms
     return [StudentSpec(name="tiny-dec", base=str(causal), batch_size=8, num_cpus_per_actor=0.5),
             StudentSpec(name="tiny-s2s", base=str(s2s), batch_size=8, num_cpus_per_actor=0.5)]  # fmt: skip
 

@@ -273,13 +273,7 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
         wall_s=round(time.time() - t0, 2),
         outputs=outputs,
     )
-    manifest = {
-        "stage": "probe-hallucination",
-        "config": cfg.model_dump(mode="json"),
-        "serving": [runs[s].serving.describe() for s in students],
-        "summary": summary.__dict__,
-        "environment": mf.environment(),
-    }
-    run.write_text("manifest.json", mf.dumps(manifest, *[j.teacher for j in cfg.judges]))
+    mf.write(run, "probe-hallucination", cfg, serving=[runs[s].serving.describe() for s in students],
+             summary=summary.__dict__)  # fmt: skip
     log.info(summary.line())
     return summary

@@ -5,7 +5,7 @@ in parallel. Each task loads its student with transformers (hub id, folder or GG
 lamini.train.models does), hands the model object to lm-eval's HFLM (causal or seq2seq backend from
 the student's family), and calls `lm_eval.simple_evaluate` zero-shot. Decoder-only students see every
 request's context wrapped in the Alpaca template they were trained with, as LaMini-LM evaluated them
-(`wrapper` in each result says which); encoder-decoder students see the raw context.
+(`wrapper` in each result says which; lm_eval_wrap); encoder-decoder students see the raw context.
 
 Why each pair is its own Ray task: pairs run side by side over the cluster, a failure stays inside
 its pair, and lm-eval only ever runs in a worker process, never in the driver. lm-eval's one use of
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import glob
 import json
 import logging
@@ -48,6 +47,7 @@ from typing import Any
 
 from lamini.evaluate.lm_eval_report import figure4_png, markdown_tables, summarize
 from lamini.evaluate.lm_eval_tasks import eval_tasks, metric_for, metric_key
+from lamini.evaluate.lm_eval_wrap import resolve_wrapper, wrapped_hflm_class
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -71,69 +71,6 @@ class EvalSummary:
             f"eval: {self.models} models x {self.tasks} tasks ({self.computed} evaluated, {self.reused} reused, "
             f"{self.missing} missing), {best}, {self.wall_s:.0f} s -> {self.run_dir}"
         )
-
-
-# --------------------------------------------------------------------------------------
-# The prompt wrapper, applied to lm-eval requests (pure; no lm_eval import)
-# --------------------------------------------------------------------------------------
-
-
-def resolve_wrapper(wrapper: str, family: str) -> str:
-    """StudentSpec.wrapper + family -> 'alpaca' or 'none' (auto: alpaca for decoder-only students)."""
-    if wrapper != "auto":
-        return wrapper
-    return "alpaca" if family == "decoder" else "none"
-
-
-def wrap_context(context: str, wrapper: str) -> str:
-    """A request's context -> what the student is given: the Alpaca template around it, or it unchanged.
-
-    An empty context stays empty: lm-eval sends those for unconditional likelihoods (acc_mutual_info),
-    which must stay unconditioned.
-    """
-    from lamini.train.data import alpaca_prompt
-
-    return alpaca_prompt(context) if wrapper == "alpaca" and context else context
-
-
-def wrap_requests(requests: list[Any], wrapper: str) -> list[Any]:
-    """lm-eval Instances whose args are (context, continuation | gen_kwargs) -> copies with the context
-    wrapped. Copies, not edits: lm-eval stores the answers on the original Instances, in order."""
-    if wrapper == "none":
-        return list(requests)
-    return [dataclasses.replace(r, arguments=(wrap_context(r.args[0], wrapper), *r.args[1:])) for r in requests]
-
-
-class WrappedContexts:
-    """Mixin over an lm-eval LM: wraps the context of every loglikelihood and generate_until request.
-
-    `wrapper` is set after construction; `first_request` keeps the first request's args as the model
-    saw them (recorded in the results, so a reader can check what the wrapper did).
-    loglikelihood_rolling has no context and is left alone.
-    """
-
-    wrapper: str = "none"
-    first_request: tuple | None = None
-
-    def _wrapped(self, requests: list[Any]) -> list[Any]:
-        out = wrap_requests(requests, self.wrapper)
-        if self.first_request is None and out:
-            self.first_request = tuple(out[0].args)
-        return out
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return super().loglikelihood(self._wrapped(requests), disable_tqdm=disable_tqdm)
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        return super().generate_until(self._wrapped(requests), disable_tqdm=disable_tqdm)
-
-
-@functools.cache
-def wrapped_hflm_class() -> type:
-    """lm-eval's HFLM with WrappedContexts (built on first use: importing HFLM loads torch)."""
-    from lm_eval.models.huggingface import HFLM
-
-    return type("WrappedHFLM", (WrappedContexts, HFLM), {})
 
 
 # --------------------------------------------------------------------------------------
@@ -385,7 +322,7 @@ def run_eval(cfg: Any) -> EvalSummary:
     Pairs already done by an earlier run (same student and limit) are reused, not recomputed. A pair
     that fails is recorded with its reason and counted in `missing`; the others still run.
     """
-    from lamini.runs.manifest import dumps, environment
+    from lamini.runs import manifest as mf
 
     t0 = time.time()
     if cfg.include_path and not os.path.isdir(cfg.include_path):
@@ -429,13 +366,6 @@ def run_eval(cfg: Any) -> EvalSummary:
         best_average=best[0] if best else None,
         wall_s=round(time.time() - t0, 1),
     )
-    manifest = {
-        "stage": "eval",
-        "config": cfg.model_dump(mode="json"),
-        "tasks": tasks,
-        "summary": dataclasses.asdict(summary),
-        "environment": environment(),
-    }
-    run.write_text("manifest.json", dumps(manifest, None))
+    mf.write(run, "eval", cfg, tasks=tasks, summary=dataclasses.asdict(summary))
     print(summary.line(), flush=True)
     return summary

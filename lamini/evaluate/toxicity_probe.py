@@ -229,15 +229,7 @@ def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
         wall_s=round(time.time() - t0, 2),
         outputs=outputs,
     )
-    manifest = {
-        "stage": "probe-toxicity",
-        "config": cfg.model_dump(mode="json"),
-        "read": read_counts,
-        "sample": counts,
-        "serving": [runs[s].serving.describe() for s in students],
-        "summary": summary.__dict__,
-        "environment": mf.environment(),
-    }
-    run.write_text("manifest.json", mf.dumps(manifest, None))
+    mf.write(run, "probe-toxicity", cfg, read=read_counts, sample=counts,
+             serving=[runs[s].serving.describe() for s in students], summary=summary.__dict__)  # fmt: skip
     log.info(summary.line())
     return summary

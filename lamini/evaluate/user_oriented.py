@@ -357,9 +357,7 @@ def run_user_oriented(cfg: UserOrientedConfig) -> UserOrientedSummary:
         grades=counts, response_errors=sum(runs[s].errors for s in students), wall_s=round(time.time() - t0, 2),
         outputs=outputs,
     )  # fmt: skip
-    manifest = {"stage": "probe-user-oriented", "config": cfg.model_dump(mode="json"),
-                "serving": [runs[s].serving.describe() for s in students], "selection": record,
-                "summary": summary.__dict__, "environment": mf.environment()}  # fmt: skip
-    run.write_text("manifest.json", mf.dumps(manifest, *[j.teacher for j in cfg.judges]))
+    mf.write(run, "probe-user-oriented", cfg, serving=[runs[s].serving.describe() for s in students],
+             selection=record, summary=summary.__dict__)  # fmt: skip
     return summary
 

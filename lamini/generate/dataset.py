@@ -130,17 +130,10 @@ def run_dataset(cfg: Any) -> DatasetSummary:
         rows=d_all.num_rows, by_source=by_source, response_errors=done.counts.errors,
         toxic_dropped=toxic_dropped, report=report_path, wall_s=round(time.time() - t0, 3),
     )  # fmt: skip
-    manifest = {
-        "stage": "dataset",
-        "config": cfg.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "summary": summary.__dict__,
-        "instruction_rounds": gen_state.rounds if gen_state else [],
-        "responses": {"ok": done.counts.ok, "errors": done.counts.errors, "errors_by_kind": done.counts.errors_by_kind,
-                      "requests": done.counts.requests, "prompt_tokens": done.counts.prompt_tokens,
-                      "completion_tokens": done.counts.completion_tokens},
-        "estimated_cost_usd": mf.estimate_cost(cfg.teacher, done.counts.prompt_tokens, done.counts.completion_tokens),
-        "environment": mf.environment(),
-    }  # fmt: skip
-    run.write_text("manifest.json", mf.dumps(manifest, cfg.teacher))
+    c = done.counts
+    mf.write(run, "dataset", cfg, seed=cfg.seed, summary=summary.__dict__,
+             instruction_rounds=gen_state.rounds if gen_state else [],
+             responses={"ok": c.ok, "errors": c.errors, "errors_by_kind": c.errors_by_kind, "requests": c.requests,
+                        "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+             estimated_cost_usd=mf.estimate_cost(cfg.teacher, c.prompt_tokens, c.completion_tokens))  # fmt: skip
     return summary

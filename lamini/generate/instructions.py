@@ -270,13 +270,5 @@ def run_instructions(cfg: Any) -> InstructionsSummary:
         stop_reason=state.stop_reason,
         wall_s=round(time.time() - t0, 3),
     )
-    manifest = {
-        "stage": "instructions",
-        "config": cfg.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "summary": summary.__dict__,
-        "rounds": state.rounds,
-        "environment": mf.environment(),
-    }
-    run.write_text("manifest.json", mf.dumps(manifest, cfg.teacher))
+    mf.write(run, "instructions", cfg, seed=cfg.seed, summary=summary.__dict__, rounds=state.rounds)
     return summary

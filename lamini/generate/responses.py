@@ -147,12 +147,13 @@ def _teacher_description(teacher_cfg: Any) -> dict[str, Any]:
 
 
 def _write_manifest(run: RunDir, cfg: ResponsesConfig, s: ResponsesSummary, attempts: list) -> None:
-    manifest = {
-        "stage": "responses",
-        "run_dir": run.uri,
-        "config": cfg.model_dump(mode="json"),
-        "teacher": _teacher_description(cfg.teacher),
-        "counts": {
+    mf.write(
+        run,
+        "responses",
+        cfg,
+        run_dir=run.uri,
+        teacher=_teacher_description(cfg.teacher),
+        counts={
             "input_rows": s.input_rows,
             "ok": s.ok,
             "errors": s.errors,
@@ -162,16 +163,14 @@ def _write_manifest(run: RunDir, cfg: ResponsesConfig, s: ResponsesSummary, atte
             "rejects_by_reason": s.rejects_by_reason,
             "requests": s.requests,
         },
-        "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
-        "estimated_cost_usd": s.cost_usd,
-        "wall_time_s": round(sum(a["wall_s"] for a in attempts), 3),
-        "attempts": attempts,
-        "last_summary": asdict(s),
-        "environment": mf.environment(),
-        "outputs": {
+        tokens={"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+        estimated_cost_usd=s.cost_usd,
+        wall_time_s=round(sum(a["wall_s"] for a in attempts), 3),
+        attempts=attempts,
+        last_summary=asdict(s),
+        outputs={
             "responses": run.uri_of("dataset", "responses.parquet"),
             "errors": run.uri_of("dataset", "errors.parquet"),
             "rejects": run.uri_of("rejects.jsonl"),
         },
-    }
-    run.write_text("manifest.json", mf.dumps(manifest, cfg.teacher))
+    )

@@ -353,26 +353,25 @@ def run_filter_toxic(cfg: ToxicityConfig) -> FilterToxicSummary:
 
     wall_s = round(time.time() - t0, 3)
     outputs = {"kept": run.uri_of(KEPT), "dropped": run.uri_of(DROPPED)}
-    manifest = {
-        "stage": "filter-toxic",
-        "config": cfg.model_dump(mode="json"),
-        "model": cfg.model,
-        "label": cfg.label,
-        "threshold": cfg.threshold,
-        "columns": list(cfg.columns),
-        "score_columns": [n for n in dropped_schema.names if _is_score_column(n, cfg.columns)],
-        "counts": {
+    mf.write(
+        run,
+        "filter-toxic",
+        cfg,
+        model=cfg.model,
+        label=cfg.label,
+        threshold=cfg.threshold,
+        columns=list(cfg.columns),
+        score_columns=[n for n in dropped_schema.names if _is_score_column(n, cfg.columns)],
+        counts={
             "input_rows": input_rows,
             "kept": counts["kept"],
             "dropped": counts["dropped"],
             "dropped_by_column": counts["dropped_by_column"],
             "kept_plus_dropped_equals_input": True,  # checked above; the run fails otherwise
         },
-        "outputs": outputs,
-        "wall_s": wall_s,
-        "environment": mf.environment(),
-    }
-    run.write_text("manifest.json", mf.dumps(manifest, None))
+        outputs=outputs,
+        wall_s=wall_s,
+    )
     summary = FilterToxicSummary(
         run_dir=run.uri,
         input_rows=input_rows,

@@ -38,9 +38,18 @@ def scrub(text: str, secret_env_names: list[str]) -> str:
     return text
 
 
-def secret_env_names(teacher_cfg: Any) -> list[str]:
-    name = getattr(teacher_cfg, "api_key_env", None)
-    return [name] if name else []
+# Config fields that *name* the environment variable holding a secret (`api_key_env`).
+_SECRET_ENV_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)_env$", re.I)
+
+
+def secret_env_names(obj: Any) -> list[str]:
+    """Names of the variables whose values are secrets: every `*api_key_env` field in a config dump."""
+    if isinstance(obj, dict):
+        own = [v for k, v in obj.items() if _SECRET_ENV_KEY.search(str(k)) and isinstance(v, str) and v]
+        return own + [n for v in obj.values() for n in secret_env_names(v)]
+    if isinstance(obj, list):
+        return [n for v in obj for n in secret_env_names(v)]
+    return []
 
 
 def estimate_cost(teacher_cfg: Any, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -62,7 +71,18 @@ def environment() -> dict[str, Any]:
     }
 
 
-def dumps(manifest: dict[str, Any], *teacher_cfgs: Any) -> str:
-    """The manifest as JSON, secrets redacted and the API keys of every teacher (or judge) scrubbed."""
-    names = [n for cfg in teacher_cfgs for n in secret_env_names(cfg)]
-    return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), names)
+def dumps(manifest: dict[str, Any]) -> str:
+    """The manifest as JSON: secret-looking keys redacted, and the value of every variable an
+    `*api_key_env` field anywhere in it names (every teacher and judge) scrubbed from the text."""
+    return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), secret_env_names(manifest))
+
+
+def write(run: Any, stage: str, cfg: Any, **fields: Any) -> dict[str, Any]:
+    """Write `manifest.json` of a stage's run folder (a RunDir): {stage, config, **fields, environment}.
+
+    Every stage writes through here, so none can forget the redaction or the environment.
+    Returns the manifest as written (before redaction).
+    """
+    manifest = {"stage": stage, "config": cfg.model_dump(mode="json"), **fields, "environment": environment()}
+    run.write_text("manifest.json", dumps(manifest))
+    return manifest

@@ -12,7 +12,8 @@ the client's event loop) and talks to it over a small admin API:
 Routes: POST /v1/chat/completions and the Azure form
 POST /openai/deployments/{name}/chat/completions?api-version=... answer
 "echo: <last user message>", cut to max_tokens words (finish_reason "length"), with usage
-counted as whitespace words. Three prompt kinds get teacher-like replies instead:
+counted as whitespace words. Three prompt kinds get teacher-like replies instead
+(lamini.testing.fake_replies):
 instruction-generation prompts (N <example> blocks), the hallucination judge's rubric
 ("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`) and the user-oriented judge's rubric
 ("GRADE: A-D\nREASON: ..." by `fake_grade`). GET /admin/stats[?detail=1], POST
@@ -46,9 +47,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zlib
 from pathlib import Path
 from typing import Any
+
+from lamini.testing.fake_replies import canned_reply
 
 FAULT_KINDS = ("429", "500", "503", "hang", "malformed", "empty_choices", "disconnect")
 # "hang" is left out of the random default: it costs the client a full timeout each time.
@@ -251,106 +253,8 @@ def _error_body(message: str, kind: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
 
 
-_GENERATE = re.compile(r"Generate (\d+) diverse examples")
-_EXAMPLE = re.compile(r"<example>(.*?)</example>", re.S)
-_TOPICS = re.compile(r'with the topics? "([^"]*)"')
-_VERBS = ["Explain", "Describe", "List", "Summarize", "Compare", "Suggest", "Write", "Classify", "Rewrite", "Plan"]
-_ADJS = ["simple", "practical", "creative", "short", "detailed", "friendly", "formal", "surprising", "useful", "clear"]
-_NOUNS = ["recipe", "poem", "email", "strategy", "story", "argument", "schedule", "checklist", "riddle", "slogan",
-          "review", "lesson", "budget", "itinerary", "proof", "analogy", "headline", "dialogue", "question", "tip"]
-_THEMES = ["saving energy at home", "learning a language", "remote work", "healthy breakfasts", "black holes",
-           "team meetings", "city cycling", "ancient Rome", "job interviews", "houseplants", "sleep", "chess openings",
-           "volcanoes", "public speaking", "composting", "budget travel", "the water cycle", "time management"]
-
-
-def _generation_reply(prompt: str) -> str | None:
-    """A teacher-like answer to an instruction-generation prompt (Figures 6/7 of LaMini-LM):
-    N `<example>` blocks, deterministic per prompt, with the flaws real teachers show now and
-    then (a copy of a prompt example, a blacklisted word, a repeat) so filters have work."""
-    m = _GENERATE.search(prompt)
-    if not m:
-        return None
-    n = int(m.group(1))
-    rng = random.Random(zlib.crc32(prompt.encode()))
-    shown = [e.strip() for e in _EXAMPLE.findall(prompt)]
-    t = _TOPICS.search(prompt)
-    themes = [x.strip() for x in t.group(1).split(",")] if t else _THEMES
-    out = []
-    for i in range(n):
-        r = rng.random()
-        if r < 0.05 and shown:
-            text = rng.choice(shown)  # parrots an example: a near-duplicate of a seed
-        elif r < 0.10:
-            text = f"Draw a diagram of a {rng.choice(_NOUNS)} about {rng.choice(themes)}."  # blacklisted
-        elif r < 0.15 and out:
-            text = out[-1]  # repeats itself
-        else:
-            text = (f"{rng.choice(_VERBS)} a {rng.choice(_ADJS)} {rng.choice(_NOUNS)} about {rng.choice(themes)} "
-                    f"for {rng.choice(['a child', 'a manager', 'a student', 'a tourist', 'a chef', 'a nurse'])} "
-                    f"in {rng.randint(2, 9)} {rng.choice(['steps', 'sentences', 'bullet points', 'lines'])} "
-                    f"(variant {rng.randint(0, 10**6)}).")
-        out.append(text)
-    return "\n".join(f"<example>{x}</example>" for x in out)
-
-
-_JUDGE = re.compile(r"<answer>\n(.*?)\n</answer>.*VERDICT:", re.S)
-# Phrases with which an answer refuses a false premise: the fake judge's whole rubric.
-REFUSALS = ("does not exist", "doesn't exist", "did not happen", "didn't happen", "never happened", "there is no",
-            "there was no", "no such", "not aware", "i don't know", "i do not know", "cannot", "can't", "impossible",
-            "fictional", "not real", "no record", "false premise", "has not happened", "hasn't happened", "not yet")
-
-
-def fake_judge_verdict(answer: str) -> tuple[str, str]:
-    """The fake judge's rule, for tests to compare with: an answer that uses a refusal phrase (or
-    is empty) rejected the premise; any other answer hallucinated. -> (VERDICT word, reason)."""
-    low = answer.lower()
-    hit = next((p for p in REFUSALS if p in low), None)
-    if hit or not answer.strip():
-        return "REJECTED", f"the answer says {hit!r}" if hit else "the answer is empty"
-    return "HALLUCINATED", "the answer accepts the premise and gives details"
-
-
-def _judge_reply(prompt: str) -> str | None:
-    """A reply to a hallucination-judge rubric (lamini/prompts/hallucination_judge.txt)."""
-    m = _JUDGE.search(prompt)
-    if not m:
-        return None
-    verdict, reason = fake_judge_verdict(m.group(1))
-    return f"VERDICT: {verdict}\nREASON: {reason}"
-
-
-_GRADER = re.compile(r"<response>\n(.*?)\n</response>.*GRADE:", re.S)
-
-
-def fake_grade(response: str) -> tuple[str, str]:
-    """The fake user-oriented judge's rule (Table 7 grades), for tests to compare with. By words:
-    none -> D, fewer than 5 -> C, fewer than half of them distinct -> B (it repeats itself),
-    else A. -> (grade letter, reason)."""
-    words = response.split()
-    if not words:
-        return "D", "the response is empty"
-    if len(words) < 5:
-        return "C", f"the response is only {len(words)} words"
-    if len({w.lower() for w in words}) < len(words) / 2:
-        return "B", "the response repeats itself"
-    return "A", "the response is a complete answer"
-
-
-def _grade_reply(prompt: str) -> str | None:
-    """A reply to a user-oriented judge rubric (lamini/prompts/user_oriented_judge.txt)."""
-    m = _GRADER.search(prompt)
-    if not m:
-        return None
-    grade, reason = fake_grade(m.group(1))
-    return f"GRADE: {grade}\nREASON: {reason}"
-
-
 def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
-    generated = _generation_reply(prompt)
-    if generated is None:
-        generated = _judge_reply(prompt)
-    if generated is None:
-        generated = _grade_reply(prompt)
+    generated = canned_reply(prompt)
     words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
     finish = "stop"

@@ -178,7 +178,7 @@ def plot_history(history: list[dict[str, Any]], rd) -> str | None:
 
 def run_train(cfg: Any) -> TrainSummary:
     """Fit one student; re-running the same config resumes from its newest checkpoint."""
-    from lamini.runs.manifest import environment
+    from lamini.runs import manifest as mf
     from lamini.runs.ray_env import init_ray
     from lamini.runs.rundir import RunDir
 
@@ -214,18 +214,17 @@ def run_train(cfg: Any) -> TrainSummary:
         mfu=history[-1].get("mfu") if history else None,
         wall_s=time.perf_counter() - t0,
     )
-    manifest = {
-        "stage": "train",
-        "config": cfg.model_dump(mode="json"),
-        "family": loop_cfg["family"],
-        "lr": loop_cfg["lr"],
-        "rows": loop_cfg["rows"],
-        "total_steps": loop_cfg["total_steps"],
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "summary": asdict(summary),
-        "loss_plot": plot,
-        "environment": environment(),
-    }
-    rd.write_text("manifest.json", json.dumps(manifest, indent=2, default=str))
+    mf.write(
+        rd,
+        "train",
+        cfg,
+        family=loop_cfg["family"],
+        lr=loop_cfg["lr"],
+        rows=loop_cfg["rows"],
+        total_steps=loop_cfg["total_steps"],
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        summary=asdict(summary),
+        loss_plot=plot,
+    )
     print(summary.line(), flush=True)
     return summary
