@@ -13,14 +13,8 @@ import logging
 import sys
 from typing import Any
 
-from lamini.config import (
-    AnalyzeConfig,
-    DatasetConfig,
-    InstructionsConfig,
-    ResponsesConfig,
-    ToxicityConfig,
-    load_config,
-)
+from lamini.analysis.config import AnalyzeConfig
+from lamini.config import ResponsesConfig, load_config
 from lamini.evaluate.config import (
     BenchStudentsConfig,
     EvalConfig,
@@ -28,6 +22,7 @@ from lamini.evaluate.config import (
     ToxicityProbeConfig,
     UserOrientedConfig,
 )
+from lamini.generate.config import DatasetConfig, InstructionsConfig, ToxicityConfig
 from lamini.train.config import TrainConfig, TuneConfig
 
 # subcommand -> (config class, "module:function" that takes the config and returns a summary)

@@ -16,7 +16,8 @@ from lamini.analysis.embed import embed_texts, get_embedder, tfidf_svd
 from lamini.analysis.mattr import MattrState, mattr, mattr_tokens, window_distinct_sum
 from lamini.analysis.report import load_paper_values, markdown_table, resolve_input, run_analyze
 from lamini.analysis.stats import StatsAccumulator, summarise_block
-from lamini.config import AnalyzeConfig, CorpusSpec
+from lamini.analysis.config import AnalyzeConfig
+from lamini.config import CorpusSpec
 from lamini.corpus import RejectLog, read_corpus
 
 lexicalrichness = pytest.importorskip("lexicalrichness", reason="lexicalrichness (the [dev] extra) is the reference MATTR")

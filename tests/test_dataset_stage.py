@@ -140,7 +140,7 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
 
 def test_instructions_stage_alone_matches_the_dataset_config(fake_openai, tmp_path):
     """`lamini instructions` runs the same generation `lamini dataset` does, from its own config."""
-    from lamini.config import DatasetConfig, InstructionsConfig
+    from lamini.generate.config import DatasetConfig, InstructionsConfig
 
     full = _config(tmp_path, fake_openai.url)
     part = DatasetConfig.model_validate(full).instructions_config()

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import shared_data
-from lamini.config import ALPACA_BLACKLIST, CorpusSpec, FilterConfig
+from lamini.config import CorpusSpec
+from lamini.generate.config import ALPACA_BLACKLIST, FilterConfig
 from lamini.corpus import RejectLog, read_corpus
 from lamini.generate.filters import (
     DROP_REASONS,

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import shared_data
-from lamini.config import CorpusSpec, GenerationSourceSpec, TopicsConfig
+from lamini.config import CorpusSpec
+from lamini.generate.config import GenerationSourceSpec, TopicsConfig
 from lamini.corpus import CorpusError, RejectLog, read_corpus
 from lamini.generate.prompts import PROMPT_SCHEMA, build_prompts, example_prompt, load_template, topic_prompt
 from lamini.generate.topics import filter_topics, load_topics, read_category_table

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT, shared_data
-from lamini.config import CorpusSpec, FilterConfig
+from lamini.config import CorpusSpec
+from lamini.generate.config import FilterConfig
 from lamini.corpus import RejectLog, read_corpus
 from lamini.generate import lsh, neardup
 from lamini.generate.neardup import brute_force_filter, near_dup_filter, near_dup_filter_table, pair_recall

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lamini.config import PipelineConfig, ToxicityConfig
+from lamini.config import PipelineConfig
+from lamini.generate.config import ToxicityConfig
 from lamini.testing.tiny_detoxify import INSULT_TRIGGER, LABELS, MILD_TRIGGER, TOXIC_TRIGGER
 
 LAMINI_COLUMNS = ["instruction", "response", "instruction_source"]

@@ -39,7 +39,7 @@ from lamini.analysis.embed import (
     TFIDF_SVD, agg_figure, get_embedder, png_bytes, scatter_png, tsne_2d, tsne_perplexity,
 )  # fmt: skip
 from lamini.analysis.stats import StatsAccumulator, SubsetStats, summarise_block
-from lamini.config import AnalyzeConfig
+from lamini.analysis.config import AnalyzeConfig
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)

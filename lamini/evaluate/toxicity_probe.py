@@ -99,7 +99,7 @@ def score_continuations(cont: pa.Table, cfg: ToxicityProbeConfig) -> pa.Table:
     scored on detoxify actors. Rows with an error are scored too (as empty text) but flagged by `error`."""
     import ray
 
-    from lamini.config import ToxicitySettings
+    from lamini.generate.config import ToxicitySettings
     from lamini.generate.toxicity import score_dataset
 
     settings = ToxicitySettings(

@@ -120,7 +120,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
     report_path = None
     if cfg.analyze:
         from lamini.analysis.report import run_analyze
-        from lamini.config import AnalyzeConfig
+        from lamini.analysis.config import AnalyzeConfig
 
         rep = run_analyze(AnalyzeConfig(input=run.uri, seed=cfg.seed, ray=cfg.ray))
         report_path = rep.report_path

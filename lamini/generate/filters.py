@@ -26,7 +26,7 @@ from functools import lru_cache
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lamini.config import FilterConfig
+from lamini.generate.config import FilterConfig
 
 DROP_REASONS = ("exact_duplicate", "too_short", "too_long", "blacklist", "non_english", "garbage")
 """Every reason a row can be dropped for, in the order the filters run."""

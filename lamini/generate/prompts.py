@@ -26,7 +26,7 @@ from importlib import resources
 
 import pyarrow as pa
 
-from lamini.config import GenerationSourceSpec
+from lamini.generate.config import GenerationSourceSpec
 
 PROMPT_SCHEMA = pa.schema(
     [

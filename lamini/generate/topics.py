@@ -18,7 +18,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lamini.config import TopicsConfig
+from lamini.generate.config import TopicsConfig
 from lamini.corpus.schema import CorpusError
 
 CATEGORY_SCHEMA = pa.schema(

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lamini.config import ToxicityConfig
+from lamini.generate.config import ToxicityConfig
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
 
