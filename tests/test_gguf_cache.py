@@ -67,6 +67,24 @@ def test_smollm2_converted_once_equals_the_direct_gguf_load(cache):
     assert (tok_cached.eos_token, tok_cached.pad_token) == (tok_direct.eos_token, tok_direct.pad_token)
 
 
+def test_student_tokenizer_of_the_embedded_gguf_with_the_cache_on_and_off(cache, monkeypatch):
+    """load_tokenizer passes the GGUF keywords on in both cases (off: straight from the file)."""
+    pytest.importorskip("transformers")
+    from lamini.evaluate.config import StudentSpec
+    from lamini.teachers.hf_local import default_teacher_path
+    from lamini.train.models import load_tokenizer
+
+    try:
+        default_teacher_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    spec = StudentSpec(name="smollm2", base="embedded")
+    text = "Name a primary colour."
+    cached = load_tokenizer(spec)(text)["input_ids"]
+    monkeypatch.setenv("LAMINI_GGUF_CACHE", "off")
+    assert load_tokenizer(spec)(text)["input_ids"] == cached
+
+
 def test_sweep_removes_only_dead_converters_on_this_host(tmp_path):
     import subprocess
 

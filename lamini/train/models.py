@@ -35,7 +35,8 @@ def load_tokenizer(spec: Any):
     src, kw = model_source(spec)
     if spec.tokenizer:
         src, kw = spec.tokenizer, {"trust_remote_code": spec.trust_remote_code}
-    return AutoTokenizer.from_pretrained(*loadable(src, kw))
+    src, kw = loadable(src, kw)  # a local GGUF: its dequantised copy
+    return AutoTokenizer.from_pretrained(src, **kw)
 
 
 def load_student(spec: Any, family: str, dtype: str = "float32"):
