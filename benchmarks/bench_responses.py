@@ -79,8 +79,9 @@ TARGETS = {"a_over_b": 0.9, "a_over_c": 8.0, "a_rps_at_0ms": 1000.0}
 # (a) pays a fixed ~2-4 s before its first request (Ray Data's plan, two actor processes
 # importing ray.data on 2 cores) that (b) does not. Measured: at 10,000-20,000 rows that
 # start-up alone put a/b at 0.57-0.81 with steady-state a/b at 0.84-1.11; at 100,000 rows a/b
-# was 1.26 (0 ms) and 1.14 (50 ms). So the default times the throughput a real run sees, and
-# the table still shows each contender's fixed seconds; --rows times small runs.
+# was 1.08 (0 ms) and 1.23 (50 ms) (benchmarks/results/bench_responses_default.json). So the
+# default times the throughput a real run sees, and the table still shows each contender's fixed
+# seconds; --rows times small runs.
 DEFAULT_ROWS = 100_000
 
 RAY_LLM_NOTES = [

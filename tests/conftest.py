@@ -56,7 +56,7 @@ def ray_local():
 
 
 class TinyLMs(NamedTuple):
-    causal: Path  # decoder-only (GPT-NeoX-like), with a ChatML chat template
+    causal: Path  # decoder-only (Llama architecture), with a ChatML chat template
     seq2seq: Path  # T5-like encoder-decoder
 
 

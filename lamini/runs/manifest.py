@@ -77,12 +77,10 @@ def dumps(manifest: dict[str, Any]) -> str:
     return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), secret_env_names(manifest))
 
 
-def write(run: Any, stage: str, cfg: Any, **fields: Any) -> dict[str, Any]:
+def write(run: Any, stage: str, cfg: Any, **fields: Any) -> None:
     """Write `manifest.json` of a stage's run folder (a RunDir): {stage, config, **fields, environment}.
 
     Every stage writes through here, so none can forget the redaction or the environment.
-    Returns the manifest as written (before redaction).
     """
     manifest = {"stage": stage, "config": cfg.model_dump(mode="json"), **fields, "environment": environment()}
     run.write_text("manifest.json", dumps(manifest))
-    return manifest
