@@ -8,6 +8,7 @@ Alpaca uses) is the reference for tokenization and ROUGE-L where installed.
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 import time
 
@@ -129,7 +130,17 @@ def test_lsh_parameters_and_jaccard_bound(real):
     assert bound == pytest.approx(0.7 / 1.3)
     assert lsh.lsh_recall(bound, 42, 3) > 0.999
     assert lsh.lsh_recall(bound, 32, 4) < 0.95  # why r=4 is not used at 0.3
-    assert lsh.min_sketch_matches(128, bound) == 42
+    assert lsh.min_sketch_matches(128, bound, miss=1e-6) == 42
+    # The two-stage sketch test: >= 19 of the first 64 bytes, >= 47 of 128; a pair at the bound
+    # fails either with probability <= SKETCH_MISS in all (union bound, exact binomial tails).
+    head, total = lsh.sketch_thresholds(128, bound)
+    assert (head, total) == (19, 47)
+
+    def below(n, k):
+        return sum(math.comb(n, i) * bound**i * (1 - bound) ** (n - i) for i in range(k))
+
+    assert below(64, head) + below(128, total) <= lsh.SKETCH_MISS
+    assert below(64, head + 1) + below(128, total + 1) > lsh.SKETCH_MISS / 2  # and no looser than needed
     # Set Jaccard would not be a bound: repeated tokens.
     a, b = "the the the the x".split(), "the the the the y".split()
     assert rouge_l_f(a, b) > 0.7 and len(set(a) & set(b)) / len(set(a) | set(b)) < 0.34
@@ -138,18 +149,27 @@ def test_lsh_parameters_and_jaccard_bound(real):
     texts = seeds + alpaca[:300] + _variants(seeds + alpaca[:300], 600)
     toks = [tokenize(t) for t in texts]
     flat, lens = lsh.shingle_arrays([" ".join(t) for t in toks])
-    pflat, poff = lsh.prefix_index(flat, lens, 0.7)
+    sets = lsh.ShingleSets.build(flat, lens)
+    pflat, poff = lsh.prefix_index(sets, 0.7)
     prefixes = [set(pflat[poff[i] : poff[i + 1]].tolist()) for i in range(len(toks))]
     shingled = [set(lsh.shingles(t)) for t in toks]
-    checked = 0
+    above, near = [], []
     for i in range(len(toks)):
         for j in range(i + 1, len(toks)):
             if toks[i] and toks[j] and abs(len(toks[i]) - len(toks[j])) < 0.5 * len(toks[i]):
+                near.append((i, j))
                 if rouge_l_f(toks[i], toks[j]) > 0.7:
                     jac = len(shingled[i] & shingled[j]) / len(shingled[i] | shingled[j])
                     assert jac > bound and prefixes[i] & prefixes[j], (texts[i], texts[j])
-                    checked += 1
-    assert checked > 100
+                    above.append((i, j))
+    assert len(above) > 100
+    # The vectorised overlaps are the exact multiset overlaps, and the overlap bound keeps
+    # every pair above 0.7 while it drops most of the others.
+    pairs = np.array(near, dtype=np.int64)
+    assert sets.overlaps(pairs[:, 0], pairs[:, 1]).tolist() == [len(shingled[i] & shingled[j]) for i, j in near]
+    lengths = np.array([len(t) for t in toks])
+    assert lsh.overlap_pass(np.array(above), sets, lengths, 0.7).all()
+    assert lsh.overlap_pass(pairs, sets, lengths, 0.7).mean() < 0.05
 
 
 # ---------------------------------------------------------------------------------------------

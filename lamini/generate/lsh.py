@@ -2,26 +2,39 @@
 
     flat, lens = shingle_arrays(token_strs)              # "give three tips for staying healthy", ...
     sig = signatures(flat, lens, permutations(128, seed=0))
-    prefix = prefix_index(flat, lens, threshold=0.7)
+    sets = ShingleSets.build(flat, lens)
+    prefix = prefix_index(sets, threshold=0.7)
     bands, rows = lsh_params(128, lsh_threshold=0.3)     # (42, 3)
     index = BandIndex.build(sig, bands, rows)
-    keys, stats = band_candidates(index, band, lengths, has_cand, 0.7, min_sketch_matches(128, 0.538), prefix)
+    keys, stats = band_candidates(index, band, lengths, has_cand, 0.7, sketch_thresholds(128, 0.538), prefix)
+    keep = overlap_pass(pairs, sets, lengths, 0.7)       # the survivors of all bands, deduplicated
 
 Why an LSH on *multiset* unigram shingles is sound for ROUGE-L (:func:`min_jaccard_for_rouge`):
 ROUGE-L F > t implies a multiset-token Jaccard J > t / (2 - t) (0.538 at t = 0.7), and a pair
 at Jaccard J shares a band key with probability 1 - (1 - J^r)^b (0.9992 at 0.538 with the
 default 42 x 3). Per band, pairs are then cut by three tests in numpy: two exact (the length
-bound; inside huge buckets, sharing a prefix-filter shingle) and one probabilistic (signature
-agreement, miss chance <= 1e-6 at the bound). Only the token hashing loops in Python.
+bound; inside buckets above ``BUCKET_CAP``, sharing a prefix-filter shingle) and one
+probabilistic (signature agreement in two stages, miss chance <= 1e-4 at the bound, 8x below
+the bands' own). The survivors of all bands, deduplicated, meet one more exact test, the
+multiset overlap bound (:func:`overlap_pass`), before the LCS. Only the token hashing loops
+in Python.
+
+Where the time goes (bench_dedup, 100k rows, one core: 5.3 s in all, from 11.8 s before these
+choices): 15.6M band collisions; the head of the sketch passes 3.1M, the whole sketch 1.3M
+(194k distinct pairs), the overlap bound 36k, of which 35k are above 0.7. Measured choices:
+no dedup across bands before the tests (checking each pair's earlier band keys cost 3.0 s to
+spare the sketch test 16% of the pairs); the sketch read in two stages (the first 64 bytes
+reject 80% of the collisions); the overlap bound in numpy (~1 us per pair) before the Python
+LCS (~5 us); a sketch miss of 1e-4 rather than 1e-6 (3.2x fewer distinct pairs after it).
 
 Why not datasketch in the hot path (measured on the 5,175 seed + Alpaca instructions, 53k
 shingles, one core; tests check the signatures equal): MinHash building took 0.19 s with
 ``update`` per shingle and 0.10 s with ``update_batch`` per text, against 0.05 s here (one
 numpy block per 1,024 shingles of many texts, Mersenne reduction without division); and
 ``MinHashLSH`` insert + query of all texts took 0.85 s and hands back 1.0M unfiltered
-(key, match) entries, against 0.16 s here for all 42 bands with dedup across bands and the
-length and sketch filters. Above all, everything here is a numpy array: it ships to Ray tasks
-as one buffer, where datasketch keeps one Python object per text.
+(key, match) entries, against 0.16 s here for all 42 bands with their filters. Above all,
+everything here is a numpy array: it ships to Ray tasks as one buffer, where datasketch keeps
+one Python object per text.
 """
 
 from __future__ import annotations
@@ -39,8 +52,12 @@ SIG_CHUNK = 1_024  # shingles per vectorised block: (1024 x num_perm) uint64 tem
 # in cache; 16k-shingle blocks (16 MB) ran 2.3x slower
 PAIR_CHUNK = 32_768  # pairs filtered at once: (chunk x num_perm) byte arrays of 4 MB stay in the
 # malloc heap; at 256k pairs every temporary was a fresh mmap and page faults doubled the time
-BUCKET_CAP = 256  # buckets above this are split by prefix-filter shingles (and reported)
-SKETCH_MISS = 1e-6  # chance the signature-agreement filter drops a pair at the Jaccard bound
+BUCKET_CAP = 64  # buckets above this are split by prefix-filter shingles (and reported); at 100k
+# bench texts 64 generated 34% fewer pairs than 256 and the LSH phase took 2.6 s instead of 3.0
+# Chance the signature-agreement test drops a pair at the Jaccard bound: 8x below the bands' own
+# miss there (8e-4 at 42 x 3), so recall at the bound stays 0.999. At 1e-6 the test let 3.2x
+# more distinct pairs through (660k vs 204k of bench_dedup's 100k rows).
+SKETCH_MISS = 1e-4
 
 
 def min_jaccard_for_rouge(threshold: float) -> float:
@@ -79,7 +96,7 @@ def min_sketch_matches(num_perm: int, jaccard: float, miss: float = SKETCH_MISS)
     69, fewer than 42 with probability < 1e-6). Band candidates with fewer agreements are
     dropped before the exact ROUGE-L: of the LSH candidates among 20k Alpaca-like
     instructions, 95% estimate J < 0.3 (mostly shared stop words), and this test costs
-    ~0.15 us per pair against ~2-4 us of LCS.
+    ~0.1 us per pair against ~2-4 us of LCS.
     """
     cdf = 0.0
     for k in range(num_perm + 1):
@@ -88,6 +105,19 @@ def min_sketch_matches(num_perm: int, jaccard: float, miss: float = SKETCH_MISS)
             return k
         cdf += p
     return num_perm
+
+
+def sketch_thresholds(num_perm: int, jaccard: float, miss: float = SKETCH_MISS) -> tuple[int, int]:
+    """(head, total): agreements a pair must show in the first ``num_perm // 2`` sketch bytes, then in all.
+
+    A sequential form of :func:`min_sketch_matches`, each stage allowed half the miss chance
+    (union bound: a pair at ``jaccard`` is dropped with probability <= ``miss``). 128 perms at
+    0.538 and a miss of 1e-4: >= 19 of the first 64, then >= 47 of 128. The head test reads half
+    the bytes and, on the bench's 100k rows, rejects 80% of the band collisions (their median
+    estimated Jaccard is 0.19).
+    """
+    head = num_perm // 2
+    return min_sketch_matches(head, jaccard, miss / 2), min_sketch_matches(num_perm, jaccard, miss / 2)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +194,61 @@ def signatures_from_token_strs(token_strs: Sequence[str], perms: tuple[np.ndarra
     return signatures(*shingle_arrays(token_strs), perms)
 
 
-def prefix_index(flat: np.ndarray, lens: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class ShingleSets:
+    """Each text's distinct shingles as dense int64 ids, ascending, in one flat array.
+
+    ids[offsets[i]:offsets[i + 1]] belong to text i; an id is the shingle's rank in one
+    global order, rarest first (ties by CRC value), so a text's slice starts with its rarest
+    shingles. keys = text * vocab + id: sorted, so a (text, shingle) lookup is one searchsorted.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    vocab: int
+
+    @classmethod
+    def build(cls, flat: np.ndarray, lens: np.ndarray) -> "ShingleSets":
+        """From :func:`shingle_arrays` output. One argsort of the ids and one sort of int64 keys
+        (three lexsorts took 1.2 s at 100k texts, this 0.3 s)."""
+        n = len(lens)
+        if not len(flat):
+            return cls(np.zeros(0, np.int64), np.zeros(n + 1, np.int64), 1)
+        o = np.argsort(flat)  # no need for stable: equal ids get one gid either way
+        first = np.concatenate([[True], flat[o][1:] != flat[o][:-1]])
+        gid = np.empty(len(flat), dtype=np.int64)
+        gid[o] = np.cumsum(first) - 1
+        v = int(gid[o[-1]]) + 1
+        # Counted per entry, not per text: they differ only where CRC-32 merges two shingles of
+        # one text, and any one global order keeps the prefix filter exact.
+        freq = np.bincount(gid, minlength=v)
+        rank = np.empty(v, dtype=np.int64)
+        rank[np.lexsort((np.arange(v), freq))] = np.arange(v)
+        key = np.sort(np.repeat(np.arange(n, dtype=np.int64), lens) * v + rank[gid])
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # a set per text (CRC collisions merged)
+        doc = key // v
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=n))])
+        return cls(key - doc * v, offsets, v)
+
+    @property
+    def keys(self) -> np.ndarray:
+        doc = np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
+        return doc * self.vocab + self.ids
+
+    def overlaps(self, a: np.ndarray, b: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """|S_a & S_b| per pair: every shingle of a looked up in b's slice of the sorted keys."""
+        keys = self.keys if keys is None else keys
+        cnt = np.diff(self.offsets)[a]
+        total = int(cnt.sum())
+        if total == 0:
+            return np.zeros(len(a), np.int64)
+        ent = np.repeat(self.offsets[a], cnt) + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        q = np.repeat(b, cnt) * self.vocab + self.ids[ent]
+        hit = keys[np.minimum(np.searchsorted(keys, q), len(keys) - 1)] == q
+        return np.bincount(np.repeat(np.arange(len(a)), cnt), weights=hit, minlength=len(a)).astype(np.int64)
+
+
+def prefix_index(sets: ShingleSets, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Prefix-filter tokens of each text: (flat global shingle ids int64, offsets (n + 1,)).
 
     The exact filter of set-similarity joins (Chaudhuri et al. 2006), used to split huge LSH
@@ -174,26 +258,37 @@ def prefix_index(flat: np.ndarray, lens: np.ndarray, threshold: float) -> tuple[
     tokens >= (t / (2 - t)) * s). Two texts with that overlap share a shingle of their
     prefixes; pairs that share none cannot exceed t (up to CRC-32 collisions, see :func:`shingles`).
     """
-    n = len(lens)
-    doc = np.repeat(np.arange(n, dtype=np.int64), lens)
-    o = np.lexsort((flat, doc))
-    flat, doc = flat[o], doc[o]
-    keep = np.concatenate([[True], (flat[1:] != flat[:-1]) | (doc[1:] != doc[:-1])]) if len(flat) else np.zeros(0, bool)
-    flat, doc = flat[keep], doc[keep]  # a set per text (CRC collisions inside a text are merged)
-    so = np.argsort(flat, kind="stable")
-    first = np.concatenate([[True], flat[so][1:] != flat[so][:-1]]) if len(flat) else np.zeros(0, bool)
-    gid = np.empty(len(flat), dtype=np.int64)
-    gid[so] = np.cumsum(first) - 1
-    freq = np.bincount(gid)[gid]
-    o = np.lexsort((gid, freq, doc))  # per text, rarest first (ties by id: one global order)
-    gid, doc = gid[o], doc[o]
-    size = np.bincount(doc, minlength=n)
+    size = np.diff(sets.offsets)
     tb = min_jaccard_for_rouge(threshold)
     # -1e-9: where s * t / (2 - t) is an integer (or float rounding says so) keep one more shingle.
     plen = np.where(size > 0, size - np.maximum(1, np.ceil(size * tb - 1e-9).astype(np.int64)) + 1, 0)
-    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
-    take = np.arange(len(gid)) - starts[doc] < plen[doc]
-    return gid[take], np.concatenate([[0], np.cumsum(plen)])
+    doc = np.repeat(np.arange(len(size), dtype=np.int64), size)
+    take = np.arange(len(sets.ids)) - sets.offsets[:-1][doc] < plen[doc]
+    return sets.ids[take], np.concatenate([[0], np.cumsum(plen)])
+
+
+def overlap_pass(pairs: np.ndarray, sets: ShingleSets, lengths: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the pairs whose exact overlap bound allows ROUGE-L F > ``threshold``.
+
+    LCS <= O, the multiset-token overlap (= |S_a & S_b| of multiset shingles), so
+    F = 2 LCS / (m + n) > t needs 2 O > t (m + n). The LSH candidates the sketch lets through
+    mostly sit at Jaccard 0.3-0.5 (the bound needs 0.538): on the bench's 100k rows this
+    vectorised test (~1 us per pair) leaves ~1 in 5 for the Python LCS (~5 us per pair).
+    Sound up to CRC-32 collisions inside one text (see :func:`shingles`), like the prefix filter.
+    """
+    if not len(pairs):
+        return np.zeros(0, dtype=bool)
+    a, b = pairs[:, 0], pairs[:, 1]
+    swap = np.diff(sets.offsets)[a] > np.diff(sets.offsets)[b]  # look up the smaller set's shingles
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    keys = sets.keys
+    out = np.empty(len(pairs), dtype=bool)
+    for s in range(0, len(pairs), 1 << 18):  # bounded temporaries: ~13 lookups per pair
+        o = sets.overlaps(a[s : s + (1 << 18)], b[s : s + (1 << 18)], keys)
+        la, lb = lengths[a[s : s + (1 << 18)]], lengths[b[s : s + (1 << 18)]]
+        # The 1e-9 margin: a pair whose bound is within float rounding of t gets its exact F.
+        out[s : s + (1 << 18)] = 2 * o > (threshold - 1e-9) * (la + lb)
+    return out
 
 
 def band_key(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
@@ -219,34 +314,36 @@ def sketch8(sig: np.ndarray) -> np.ndarray:
     return ((sig.astype(np.uint32) * np.uint32(2654435761)) >> np.uint32(24)).astype(np.uint8)
 
 
-def _pairs_within(order: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """All pairs (a < b) inside each group order[s:e], as int64 keys a << 32 | b, with no Python loop."""
+def _pairs_within(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All position pairs (i < j) inside each range [s, e), as two int64 arrays, with no Python loop."""
     sizes = ends - starts
     total = int(sizes.sum())
     if total == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     pos = np.repeat(starts, sizes) + (np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes))
     cnt = np.repeat(ends, sizes) - 1 - pos  # partners after each member in its group
     n_pairs = int(cnt.sum())
     first = np.repeat(pos, cnt)
-    second = first + 1 + (np.arange(n_pairs) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-    a, b = order[first], order[second]
-    return (np.minimum(a, b) << 32) | np.maximum(a, b)
+    return first, first + 1 + (np.arange(n_pairs) - np.repeat(np.cumsum(cnt) - cnt, cnt))
 
 
-def _band_pair_chunks(key: np.ndarray, bucket_cap: int, prefix: tuple[np.ndarray, np.ndarray], stats: dict):
-    """Yield int64 pair keys of one band in chunks of about ``PAIR_CHUNK`` (sort-based grouping).
+def _band_pair_chunks(
+    order: np.ndarray, ks: np.ndarray, bucket_cap: int, prefix: tuple[np.ndarray, np.ndarray], stats: dict
+):
+    """Yield the pairs of one band in chunks of about ``PAIR_CHUNK``: (i, j) positions in ``order``.
+
+    order: the texts sorted by their band key; ks: the keys in that order. Positions, not
+    text ids, so the caller reads per-pair data from arrays in bucket order, where a bucket's
+    members are neighbours.
 
     Buckets of at most ``bucket_cap`` texts give all their pairs. Bigger ones (a few very
     common shingles: at 100k Alpaca-like texts, 43 buckets of 1,000+ texts held 57% of all
     pairs) give only pairs that also share a prefix-filter shingle (:func:`prefix_index`),
     which loses no pair above the threshold: their cost follows the pairs that share a rarer
-    shingle, not the square of the bucket. (A pair skipped here and met again in a later band
-    is dropped there as already seen; it can not exceed the threshold either way.)
+    shingle, not the square of the bucket. (A pair skipped here may come back from a smaller
+    bucket of another band; its ROUGE-L is then checked, and can not exceed the threshold.)
     """
-    n = len(key)
-    order = np.argsort(key, kind="stable").astype(np.int64)
-    ks = key[order]
+    n = len(ks)
     brk = np.flatnonzero(ks[1:] != ks[:-1]) + 1
     starts, ends = np.concatenate([[0], brk]), np.concatenate([brk, [n]])
     sizes = ends - starts
@@ -257,49 +354,73 @@ def _band_pair_chunks(key: np.ndarray, bucket_cap: int, prefix: tuple[np.ndarray
     lo = 0
     while lo < len(s_starts):  # whole groups per chunk, cut where the running pair count crosses a chunk
         hi = max(lo + 1, int(np.searchsorted(cum, (cum[lo - 1] if lo else 0) + PAIR_CHUNK, side="right")))
-        yield _pairs_within(order, s_starts[lo:hi], s_ends[lo:hi])
+        yield _pairs_within(s_starts[lo:hi], s_ends[lo:hi])
         lo = hi
     big = np.flatnonzero(sizes > bucket_cap)
     stats.setdefault("large_buckets", []).extend(sizes[big].tolist())
+    if not len(big):
+        return
+    # All big buckets at once: (bucket, prefix shingle) -> the positions holding it; pairs within.
     pflat, poff = prefix
-    for bi in big.tolist():  # one bucket at a time: (member, prefix shingle) entries, grouped by shingle
-        members = order[starts[bi] : ends[bi]]
-        cnt = poff[members + 1] - poff[members]
-        ent_doc = np.repeat(members, cnt)
-        ent = np.repeat(poff[members], cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-        o = np.argsort(pflat[ent], kind="stable")
-        g = pflat[ent][o]
-        brk2 = np.flatnonzero(g[1:] != g[:-1]) + 1
-        gs, ge = np.concatenate([[0], brk2]), np.concatenate([brk2, [len(g)]])
-        multi = ge - gs >= 2
-        # A pair sharing several prefix shingles comes once per shingle: unique_sorted.
-        keys = unique_sorted(_pairs_within(ent_doc[o], gs[multi], ge[multi]))
-        stats["large_bucket_pairs"] = stats.get("large_bucket_pairs", 0) + int(sizes[bi]) * (int(sizes[bi]) - 1) // 2
-        stats["large_bucket_prefix_pairs"] = stats.get("large_bucket_prefix_pairs", 0) + len(keys)
-        for c in range(0, len(keys), PAIR_CHUNK):
-            yield keys[c : c + PAIR_CHUNK]
+    pos = np.concatenate([np.arange(starts[k], ends[k]) for k in big.tolist()])
+    bucket = np.repeat(np.arange(len(big), dtype=np.int64), sizes[big])
+    members = order[pos]
+    cnt = poff[members + 1] - poff[members]
+    ent = np.repeat(poff[members], cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    group = np.repeat(bucket, cnt) * (int(pflat.max()) + 1 if len(pflat) else 1) + pflat[ent]
+    o = np.argsort(group)  # the default sort, not stable: 4x faster on int64 here
+    g, ent_pos = group[o], np.repeat(pos, cnt)[o]
+    brk2 = np.flatnonzero(g[1:] != g[:-1]) + 1
+    gs, ge = np.concatenate([[0], brk2]), np.concatenate([brk2, [len(g)]])
+    multi = ge - gs >= 2
+    i, j = _pairs_within(gs[multi], ge[multi])
+    # A pair sharing several prefix shingles comes once per shingle: unique_sorted.
+    i, j = ent_pos[i], ent_pos[j]
+    keys = unique_sorted((np.minimum(i, j) << 32) | np.maximum(i, j))
+    stats["large_bucket_pairs"] = stats.get("large_bucket_pairs", 0) + int((sizes[big] * (sizes[big] - 1) // 2).sum())
+    stats["large_bucket_prefix_pairs"] = stats.get("large_bucket_prefix_pairs", 0) + len(keys)
+    for c in range(0, len(keys), PAIR_CHUNK):
+        yield keys[c : c + PAIR_CHUNK] >> 32, keys[c : c + PAIR_CHUNK] & 0xFFFFFFFF
 
 
 @dataclass
 class BandIndex:
-    """What the per-band pass gathers per pair, built once from the signatures.
+    """What the per-band pass reads, built once from the signatures.
 
-    keys: (n, bands) uint64 band keys (exact re-check); key16: (n, bands) uint16 hashes of
-    them (the cheap first test of "did this pair collide in an earlier band?", 84 bytes per
-    text instead of 504 of signature); sketch: (n, num_perm) uint8 (:func:`sketch8`).
+    keys: (bands, n) uint64 band keys, one contiguous row per band; head / tail: (n,
+    num_perm // 2) and the rest, uint8 (:func:`sketch8`), apart so the first sketch stage reads
+    half the bytes.
     """
 
     keys: np.ndarray
-    key16: np.ndarray
-    sketch: np.ndarray
+    head: np.ndarray
+    tail: np.ndarray
 
     @classmethod
     def build(cls, sig: np.ndarray, bands: int, rows: int) -> "BandIndex":
-        keys = np.zeros((len(sig), bands), np.uint64)
+        keys = np.empty((bands, len(sig)), np.uint64)
         for band in range(bands):
-            keys[:, band] = band_key(sig, band, rows)
-        key16 = ((keys * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(48)).astype(np.uint16)
-        return cls(keys, key16, sketch8(sig))
+            keys[band] = band_key(sig, band, rows)
+        sk = sketch8(sig)
+        half = sig.shape[1] // 2
+        return cls(keys, np.ascontiguousarray(sk[:, :half]), np.ascontiguousarray(sk[:, half:]))
+
+
+def _agreements(sketch: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Equal sketch bytes per pair of rows (false byte matches only add: the tests stay conservative).
+
+    The 0/1 bytes of the comparison are added 8 at a time as uint64 words, then the word's
+    bytes folded by one multiply (~20% faster than a uint8 sum along the rows).
+    """
+    eq = np.take(sketch, a, axis=0) == np.take(sketch, b, axis=0)
+    width = eq.shape[1]
+    if width % 8 or width > 255:  # each byte of the folded word must stay below 256
+        return eq.view(np.uint8).sum(axis=1, dtype=np.uint16)
+    words = eq.view(np.uint64)
+    acc = words[:, 0].copy()
+    for c in range(1, width // 8):
+        acc += words[:, c]
+    return ((acc * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.uint16)
 
 
 def band_candidates(
@@ -308,7 +429,7 @@ def band_candidates(
     lengths: np.ndarray,
     has_cand: np.ndarray,
     threshold: float,
-    min_matches: int,
+    min_matches: tuple[int, int],
     prefix: tuple[np.ndarray, np.ndarray],
     bucket_cap: int = BUCKET_CAP,
 ) -> tuple[np.ndarray, dict]:
@@ -316,43 +437,47 @@ def band_candidates(
 
     index: :class:`BandIndex` of the distinct texts; lengths: their token counts; has_cand:
     whether a text is (also) a candidate, since reference-reference pairs never matter.
-    prefix: :func:`prefix_index` output, to split buckets above ``bucket_cap``.
-    A pair is returned by the first band it collides in only, so the bands' outputs are
-    disjoint. Filters, in order: reference-only pairs; the exact length bound
-    2 min(la, lb) / (la + lb) > threshold (F can not exceed it); ``min_matches`` agreeing
-    signature bytes. Returns (keys, stats): pairs generated, distinct (first band is this
-    one), and what each filter left.
+    min_matches: :func:`sketch_thresholds`. prefix: :func:`prefix_index` output, to split
+    buckets above ``bucket_cap``. A pair that collides in several bands comes back from each
+    (callers deduplicate the survivors: see the module docstring). Filters, in order:
+    reference-only pairs; the exact length bound 2 min(la, lb) / (la + lb) > threshold (F can
+    not exceed it); agreeing sketch bytes, first in the head, then in all. Returns (keys,
+    stats): band collisions generated and what each filter left.
+
+    Lengths, flags and sketch heads are first put in bucket order (one pass per band), so a
+    pair reads two neighbouring rows of its own bucket, not two random rows of the whole
+    table: the same speed at 100k texts (a 6.4 MB head table stays in cache), and the table
+    outgrows the caches at a few million texts.
     """
-    stats = {"generated": 0, "distinct": 0, "length_pass": 0, "sketch_pass": 0}
+    stats = {"generated": 0, "length_pass": 0, "head_pass": 0, "sketch_pass": 0}
+    head_min, total_min = min_matches
+    # The default sort, not a stable one: 4.5x faster on 100k uint64 keys, and the order
+    # inside a bucket changes nothing (pairs come out as (min, max) text ids).
+    order = np.argsort(index.keys[band]).astype(np.int64)
+    ks, lens_o = index.keys[band][order], lengths[order]
+    cand_o = None if has_cand.all() else has_cand[order]  # all candidates: no reference-only pair to drop
+    head_o = np.take(index.head, order, axis=0)
     out = []
-    for keys in _band_pair_chunks(index.keys[:, band], bucket_cap, prefix, stats):
-        if not len(keys):
+    for i, j in _band_pair_chunks(order, ks, bucket_cap, prefix, stats):
+        if not len(i):
             continue
-        a, b = keys >> 32, keys & 0xFFFFFFFF
-        stats["generated"] += len(keys)
-        # Each distinct pair is kept once, in the first band it collides in: equal 16-bit
-        # key hashes in an earlier band flag it (all true repeats, plus 1/65536 false
-        # alarms per band), and only the flagged ones are re-checked on the 64-bit keys.
-        ok = np.ones(len(keys), dtype=bool)
-        if band:
-            e16 = np.take(index.key16, a, axis=0)[:, :band] == np.take(index.key16, b, axis=0)[:, :band]
-            idx = np.flatnonzero(e16.view(np.uint8).sum(axis=1, dtype=np.uint16))  # 1.6x faster than any()
-            if len(idx):
-                ea = np.take(index.keys, a[idx], axis=0)[:, :band] == np.take(index.keys, b[idx], axis=0)[:, :band]
-                ok[idx[ea.any(axis=1)]] = False
-        stats["distinct"] += int(np.count_nonzero(ok))
-        la, lb = lengths[a], lengths[b]
+        stats["generated"] += len(i)
+        la, lb = lens_o[i], lens_o[j]
         # The 1e-9 margin keeps pairs whose bound is within float rounding of the threshold,
         # so they get the exact float F like rouge_score.
-        ok &= (has_cand[a] | has_cand[b]) & (2 * np.minimum(la, lb) / (la + lb) > threshold - 1e-9)
+        ok = 2 * np.minimum(la, lb) > (threshold - 1e-9) * (la + lb)
+        if cand_o is not None:
+            ok &= cand_o[i] | cand_o[j]
         stats["length_pass"] += int(np.count_nonzero(ok))
-        keys, a, b = keys[ok], a[ok], b[ok]
-        eq = np.take(index.sketch, a, axis=0) == np.take(index.sketch, b, axis=0)
-        # Agreements per pair (a uint8 sum: 2x faster than count_nonzero(axis=1)). False byte
-        # matches only add agreements, so the test stays conservative.
-        keep = eq.view(np.uint8).sum(axis=1, dtype=np.uint16) >= min_matches
+        i, j = i[ok], j[ok]
+        agree = _agreements(head_o, i, j)
+        ok = agree >= head_min
+        stats["head_pass"] += int(np.count_nonzero(ok))
+        a, b, agree = order[i[ok]], order[j[ok]], agree[ok]
+        keep = agree + _agreements(index.tail, a, b) >= total_min
         stats["sketch_pass"] += int(np.count_nonzero(keep))
-        out.append(keys[keep])
+        a, b = a[keep], b[keep]
+        out.append((np.minimum(a, b) << 32) | np.maximum(a, b))
     return (np.concatenate(out) if out else np.zeros(0, dtype=np.int64)), stats
 
 

@@ -10,18 +10,21 @@ candidate j < i. Alpaca computes every pair (O(N^2)); here:
 
 1. tokenize (rouge_score's tokenizer) and fold exact duplicates (same tokens: F = 1);
 2. MinHash signatures of each distinct text, vectorised in numpy (:mod:`.lsh`);
-3. LSH banding -> candidate pairs (each in the first band it collides in; buckets above
-   ``bucket_cap`` split by prefix-filter shingles, exactly), then per band in numpy: the exact
-   length bound and a signature-agreement test (miss chance <= 1e-6 at the Jaccard bound);
-4. the exact ROUGE-L (bit-parallel LCS, :mod:`.rouge`) of the pairs left; only pairs above t
-   come back, as edges of a sparse graph;
+3. LSH banding -> candidate pairs (buckets above ``bucket_cap`` split by prefix-filter
+   shingles, exactly), then per band in numpy: the exact length bound and a two-stage
+   signature-agreement test (miss chance <= 1e-4 at the Jaccard bound); the survivors of all
+   bands deduplicated;
+4. the exact multiset-overlap bound (vectorised: LCS <= overlap), then the exact ROUGE-L
+   (bit-parallel LCS, :mod:`.rouge`) of the pairs left; only pairs above t come back, as
+   edges of a sparse graph;
 5. the greedy pass on the driver: i is dropped iff a neighbour is a reference or a kept j < i.
    The match reported is the neighbour with the highest ROUGE-L (ties: the earliest,
    references first), the same rule as :func:`brute_force_filter`.
 
 With Ray (``use_ray``), steps 2, 3 and 4 run as Ray tasks (text shards, one task per band,
-pair shards) so a cluster spreads them; step 1 and the greedy pass stay on the driver (a dict
-over the texts and a loop over the sparse graph: linear, ~1 s per 100k rows together).
+pair shards) so a cluster spreads them; step 1, the overlap bound (numpy, ~0.2 s per 100k
+rows) and the greedy pass stay on the driver (a dict over the texts and a loop over the sparse
+graph: linear, ~1 s per 100k rows together).
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ class NearDupResult:
     keep: True for candidates that survive. dropped_by: None when kept, else the index of
     the kept candidate that caused the drop, or ``-1 - ref_index`` for a reference.
     rouge_l: the ROUGE-L F with that match (None when kept). pairs_compared: exact ROUGE-L
-    computations. candidate_pairs: distinct pairs of distinct texts the LSH proposed (in
-    buckets above ``bucket_cap``, those sharing a prefix shingle; brute force: every pair). timings: seconds per step. stats: parameters and
-    counts. text_group / edges (LSH path): distinct-text id per position (references first,
+    computations. candidate_pairs: band collisions of distinct texts the LSH proposed, a
+    pair once per band it collides in (in buckets above ``bucket_cap``, those sharing a
+    prefix shingle; brute force: every pair compared). timings: seconds per step. stats:
+    parameters and counts. text_group / edges (LSH path): distinct-text id per position (references first,
     then candidates; -1 = no tokens) and the verified pairs of ids above the threshold.
     above (brute force): every compared (candidate position, other position) above it.
     """
@@ -160,11 +164,11 @@ def _sig_task(token_strs: list[str], num_perm: int, seed: int) -> tuple[np.ndarr
     return lsh.signatures(flat, lens, lsh.permutations(num_perm, seed)), flat, lens
 
 
-_SUMMED = ("generated", "distinct", "length_pass", "sketch_pass", "large_bucket_pairs", "large_bucket_prefix_pairs")
+_SUMMED = ("generated", "length_pass", "head_pass", "sketch_pass", "large_bucket_pairs", "large_bucket_prefix_pairs")
 
 
 def _bands_task(bands: list[int], sig, n_bands, rows, lengths, has_cand, threshold, min_matches, bucket_cap, prefix):
-    """Candidate pair keys of several bands (disjoint: each pair in its first band), and summed stats."""
+    """Candidate pair keys of several bands (a pair once per band it survives in), and summed stats."""
     index = lsh.BandIndex.build(sig, n_bands, rows)
     keys, total = [], {"max_bucket": 0, "large_buckets": [], **{k: 0 for k in _SUMMED}}
     for band in bands:
@@ -247,14 +251,15 @@ def near_dup_filter(
     sig = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, num_perm), dtype=np.uint32)
     flat = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint64)
     lens = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-    prefix = lsh.prefix_index(flat, lens, threshold)
+    sets = lsh.ShingleSets.build(flat, lens)
+    prefix = lsh.prefix_index(sets, threshold)
     del parts, flat, lens
     lap("signatures_s")
 
-    # 3. LSH candidates, filtered per band (length bound, signature agreement), disjoint across bands.
+    # 3. LSH candidates, filtered per band (length bound, signature agreement), then deduplicated.
     bands, rows = lsh.lsh_params(num_perm, lsh_threshold)
     j_bound = lsh.min_jaccard_for_rouge(threshold)
-    min_matches = lsh.min_sketch_matches(num_perm, j_bound)
+    min_matches = lsh.sketch_thresholds(num_perm, j_bound)
     n_tasks = min(bands, 8) if ray_on else 1  # 8 tasks: spread, yet few copies of sig to map in
     band_sets = [(list(range(t, bands, n_tasks)),) for t in range(n_tasks)]
     shared = (sig, bands, rows, lengths, has_cand, threshold, min_matches, bucket_cap, prefix)
@@ -265,7 +270,11 @@ def near_dup_filter(
     large = [s for r in results for s in r[1]["large_buckets"]]
     lap("lsh_s")
 
-    # 4. Exact ROUGE-L of the pairs left (sorted by first text, so its bit masks are reused).
+    # 4. The exact overlap bound (vectorised), then the exact ROUGE-L of the pairs left (sorted
+    # by first text, so its bit masks are reused).
+    n_after_sketch = len(pairs)
+    pairs = pairs[lsh.overlap_pass(pairs, sets, lengths, threshold)]
+    del sets
     chunks = [(pairs[s : s + VERIFY_SHARD],) for s in range(0, len(pairs), VERIFY_SHARD)]
     verified = _map(verify_pairs, chunks, ray_on, (token_strs, threshold))
     edges = np.concatenate([e for e, _ in verified]) if verified else np.zeros((0, 2), np.int64)
@@ -296,14 +305,16 @@ def near_dup_filter(
     stats = {
         "threshold": threshold, "num_perm": num_perm, "lsh_threshold": lsh_threshold, "bands": bands, "rows": rows,
         "min_jaccard_bound": j_bound, "recall_at_bound": lsh.lsh_recall(j_bound, bands, rows),
-        "min_sketch_matches": min_matches, "texts": len(texts), "distinct_texts": n_uniq,
+        "min_sketch_matches": list(min_matches), "texts": len(texts), "distinct_texts": n_uniq,
         "pairs_generated": st["generated"], "pairs_after_length": st["length_pass"],
-        "pairs_after_sketch": st["sketch_pass"], "dup_edges": len(edges),
+        "pairs_after_sketch_head": st["head_pass"], "pairs_after_sketch": st["sketch_pass"],
+        "distinct_after_sketch": n_after_sketch, "pairs_after_overlap": len(pairs),
+        "dup_edges": len(edges),
         "large_bucket_pairs": st["large_bucket_pairs"], "large_bucket_prefix_pairs": st["large_bucket_prefix_pairs"],
         "max_bucket": max((r[1].get("max_bucket", 0) for r in results), default=0), "large_buckets": large,
         "ray": ray_on,
     }  # fmt: skip
-    res = NearDupResult(out.keep, out.dropped_by, out.rouge_l, len(pairs), st["distinct"], timings, stats)
+    res = NearDupResult(out.keep, out.dropped_by, out.rouge_l, len(pairs), st["generated"], timings, stats)
     res.text_group, res.edges = group, edges
     return res
 
