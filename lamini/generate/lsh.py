@@ -24,7 +24,7 @@ choices): 15.6M band collisions; the head of the sketch passes 3.1M, the whole s
 (194k distinct pairs), the overlap bound 36k, of which 35k are above 0.7. Measured choices:
 no dedup across bands before the tests (checking each pair's earlier band keys cost 3.0 s to
 spare the sketch test 16% of the pairs); the sketch read in two stages (the first 64 bytes
-reject 80% of the collisions); the overlap bound in numpy (~1 us per pair) before the Python
+reject 80% of the collisions); the overlap bound in numpy (~1.5 us per pair) before the Python
 LCS (~5 us); a sketch miss of 1e-4 rather than 1e-6 (3.2x fewer distinct pairs after it).
 
 Why not datasketch in the hot path (measured on the 5,175 seed + Alpaca instructions, 53k
@@ -200,20 +200,21 @@ class ShingleSets:
 
     ids[offsets[i]:offsets[i + 1]] belong to text i; an id is the shingle's rank in one
     global order, rarest first (ties by CRC value), so a text's slice starts with its rarest
-    shingles. keys = text * vocab + id: sorted, so a (text, shingle) lookup is one searchsorted.
+    shingles. keys = text * vocab + id, sorted: a (text, shingle) lookup is one searchsorted.
     """
 
     ids: np.ndarray
     offsets: np.ndarray
     vocab: int
+    keys: np.ndarray
 
     @classmethod
     def build(cls, flat: np.ndarray, lens: np.ndarray) -> "ShingleSets":
         """From :func:`shingle_arrays` output. One argsort of the ids and one sort of int64 keys
-        (three lexsorts took 1.2 s at 100k texts, this 0.3 s)."""
+        (the three lexsorts this replaced took 0.8 s at 100k bench texts, this 0.2 s)."""
         n = len(lens)
         if not len(flat):
-            return cls(np.zeros(0, np.int64), np.zeros(n + 1, np.int64), 1)
+            return cls(np.zeros(0, np.int64), np.zeros(n + 1, np.int64), 1, np.zeros(0, np.int64))
         o = np.argsort(flat)  # no need for stable: equal ids get one gid either way
         first = np.concatenate([[True], flat[o][1:] != flat[o][:-1]])
         gid = np.empty(len(flat), dtype=np.int64)
@@ -228,22 +229,15 @@ class ShingleSets:
         key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # a set per text (CRC collisions merged)
         doc = key // v
         offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=n))])
-        return cls(key - doc * v, offsets, v)
+        return cls(key - doc * v, offsets, v, key)
 
-    @property
-    def keys(self) -> np.ndarray:
-        doc = np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int64), np.diff(self.offsets))
-        return doc * self.vocab + self.ids
-
-    def overlaps(self, a: np.ndarray, b: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+    def overlaps(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """|S_a & S_b| per pair: every shingle of a looked up in b's slice of the sorted keys."""
-        keys = self.keys if keys is None else keys
         cnt = np.diff(self.offsets)[a]
-        total = int(cnt.sum())
-        if total == 0:
+        if not cnt.sum():
             return np.zeros(len(a), np.int64)
-        ent = np.repeat(self.offsets[a], cnt) + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-        q = np.repeat(b, cnt) * self.vocab + self.ids[ent]
+        q = np.repeat(b, cnt) * self.vocab + self.ids[_ranges(self.offsets[a], cnt)]
+        keys = self.keys
         hit = keys[np.minimum(np.searchsorted(keys, q), len(keys) - 1)] == q
         return np.bincount(np.repeat(np.arange(len(a)), cnt), weights=hit, minlength=len(a)).astype(np.int64)
 
@@ -273,21 +267,21 @@ def overlap_pass(pairs: np.ndarray, sets: ShingleSets, lengths: np.ndarray, thre
     LCS <= O, the multiset-token overlap (= |S_a & S_b| of multiset shingles), so
     F = 2 LCS / (m + n) > t needs 2 O > t (m + n). The LSH candidates the sketch lets through
     mostly sit at Jaccard 0.3-0.5 (the bound needs 0.538): on the bench's 100k rows this
-    vectorised test (~1 us per pair) leaves ~1 in 5 for the Python LCS (~5 us per pair).
+    vectorised test (~1.5 us per pair) leaves ~1 in 5 for the Python LCS (~5 us per pair).
     Sound up to CRC-32 collisions inside one text (see :func:`shingles`), like the prefix filter.
     """
     if not len(pairs):
         return np.zeros(0, dtype=bool)
     a, b = pairs[:, 0], pairs[:, 1]
-    swap = np.diff(sets.offsets)[a] > np.diff(sets.offsets)[b]  # look up the smaller set's shingles
+    size = np.diff(sets.offsets)
+    swap = size[a] > size[b]  # look up the smaller set's shingles
     a, b = np.where(swap, b, a), np.where(swap, a, b)
-    keys = sets.keys
     out = np.empty(len(pairs), dtype=bool)
     for s in range(0, len(pairs), 1 << 18):  # bounded temporaries: ~13 lookups per pair
-        o = sets.overlaps(a[s : s + (1 << 18)], b[s : s + (1 << 18)], keys)
-        la, lb = lengths[a[s : s + (1 << 18)]], lengths[b[s : s + (1 << 18)]]
+        part = slice(s, s + (1 << 18))
+        o = sets.overlaps(a[part], b[part])
         # The 1e-9 margin: a pair whose bound is within float rounding of t gets its exact F.
-        out[s : s + (1 << 18)] = 2 * o > (threshold - 1e-9) * (la + lb)
+        out[part] = 2 * o > (threshold - 1e-9) * (lengths[a[part]] + lengths[b[part]])
     return out
 
 
@@ -314,17 +308,18 @@ def sketch8(sig: np.ndarray) -> np.ndarray:
     return ((sig.astype(np.uint32) * np.uint32(2654435761)) >> np.uint32(24)).astype(np.uint8)
 
 
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The int64 ranges [starts[k], starts[k] + counts[k]) one after another, with no Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.repeat(starts, counts) + (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+
+
 def _pairs_within(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All position pairs (i < j) inside each range [s, e), as two int64 arrays, with no Python loop."""
     sizes = ends - starts
-    total = int(sizes.sum())
-    if total == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pos = np.repeat(starts, sizes) + (np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    pos = _ranges(starts, sizes)
     cnt = np.repeat(ends, sizes) - 1 - pos  # partners after each member in its group
-    n_pairs = int(cnt.sum())
-    first = np.repeat(pos, cnt)
-    return first, first + 1 + (np.arange(n_pairs) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    return np.repeat(pos, cnt), _ranges(pos + 1, cnt)
 
 
 def _band_pair_chunks(
@@ -362,12 +357,12 @@ def _band_pair_chunks(
         return
     # All big buckets at once: (bucket, prefix shingle) -> the positions holding it; pairs within.
     pflat, poff = prefix
-    pos = np.concatenate([np.arange(starts[k], ends[k]) for k in big.tolist()])
+    pos = _ranges(starts[big], sizes[big])
     bucket = np.repeat(np.arange(len(big), dtype=np.int64), sizes[big])
     members = order[pos]
     cnt = poff[members + 1] - poff[members]
-    ent = np.repeat(poff[members], cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-    group = np.repeat(bucket, cnt) * (int(pflat.max()) + 1 if len(pflat) else 1) + pflat[ent]
+    shingle = pflat[_ranges(poff[members], cnt)]
+    group = np.repeat(bucket, cnt) * (int(pflat.max()) + 1 if len(pflat) else 1) + shingle
     o = np.argsort(group)  # the default sort, not stable: 4x faster on int64 here
     g, ent_pos = group[o], np.repeat(pos, cnt)[o]
     brk2 = np.flatnonzero(g[1:] != g[:-1]) + 1

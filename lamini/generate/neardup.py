@@ -22,7 +22,7 @@ candidate j < i. Alpaca computes every pair (O(N^2)); here:
    references first), the same rule as :func:`brute_force_filter`.
 
 With Ray (``use_ray``), steps 2, 3 and 4 run as Ray tasks (text shards, one task per band,
-pair shards) so a cluster spreads them; step 1, the overlap bound (numpy, ~0.2 s per 100k
+pair shards) so a cluster spreads them; step 1, the overlap bound (numpy, ~0.3 s per 100k
 rows) and the greedy pass stay on the driver (a dict over the texts and a loop over the sparse
 graph: linear, ~1 s per 100k rows together).
 """
@@ -56,8 +56,9 @@ class NearDupResult:
     computations. candidate_pairs: band collisions of distinct texts the LSH proposed, a
     pair once per band it collides in (in buckets above ``bucket_cap``, those sharing a
     prefix shingle; brute force: every pair compared). timings: seconds per step. stats:
-    parameters and counts. text_group / edges (LSH path): distinct-text id per position (references first,
-    then candidates; -1 = no tokens) and the verified pairs of ids above the threshold.
+    parameters and counts. text_group / edges (LSH path): distinct-text id per position
+    (references first, then candidates; -1 = no tokens) and the verified pairs of ids above
+    the threshold.
     above (brute force): every compared (candidate position, other position) above it.
     """
 
