@@ -68,10 +68,20 @@ MAX_IN_FLIGHT_PER_ACTOR = 256
 
 # (c): the grid swept at each latency; the best point is the one reported.
 GRID_BATCH = (16, 64, 256)
-GRID_CONCURRENCY = (1, 2, 4)
+# Up to 10 actors: in-flight is 4 x concurrency, so (c)'s 50 ms rate grows with it (steady 256,
+# 472, 526 req/s at 4, 8, 10 measured on 2 cores); 10 is the most that fits (ray_llm_cpus).
+GRID_CONCURRENCY = (1, 2, 4, 8, 10)
 QUICK_GRID_BATCH = (16, 256)
 QUICK_GRID_CONCURRENCY = (1, 4)
 RAY_LLM_CPUS_PER_ACTOR = 0.25  # as ours; the default (1 CPU) would not fit concurrency 4 on 2 CPUs
+# (c)'s actors together may take 1 CPU: its pre/postprocess map tasks need the other one, and a
+# pool that takes both (8 x 0.25) never gets them scheduled (measured: the run hangs).
+RAY_LLM_ACTOR_CPU_BUDGET = 1.0
+
+
+def ray_llm_cpus(concurrency: int) -> float:
+    """CPUs each of (c)'s `concurrency` actors asks for: 0.25 as ours, less where that would not fit."""
+    return min(RAY_LLM_CPUS_PER_ACTOR, RAY_LLM_ACTOR_CPU_BUDGET / concurrency)
 
 TARGETS = {"a_over_b": 0.9, "a_over_c": 8.0, "a_rps_at_0ms": 1000.0}
 
@@ -251,7 +261,7 @@ def run_ray_llm_point(server: FakeOpenAIServer, table: pa.Table, work: Path, tag
     config = HttpRequestProcessorConfig(
         url=server.url + "/chat/completions", batch_size=batch_size,
         concurrency=(concurrency, concurrency),  # a fixed pool, as (a)'s; an int autoscales from 1
-        max_retries=0, qps=None, http_request_stage={"num_cpus": RAY_LLM_CPUS_PER_ACTOR},
+        max_retries=0, qps=None, http_request_stage={"num_cpus": ray_llm_cpus(concurrency)},
     )
     processor = build_processor(
         config,
@@ -415,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"rows for (a), (b) and (c)'s final run at every latency (default {DEFAULT_ROWS:,})")
     p.add_argument("--latencies", default="0,0.05", help="server latencies in seconds, comma-separated")
     p.add_argument("--c-rows", type=int, default=None,
-                   help="rows per (c) grid point (default: 3,000 at 0 ms, 640 otherwise: (c) runs 9 times)")
+                   help="rows per (c) grid point (default: 3,000 at 0 ms, 640 otherwise: (c) runs once per grid point)")
     args = p.parse_args(argv)
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
     scale = 10 if args.quick else 1
@@ -430,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"(b) one asyncio loop, {PIPELINE['max_actors'] * MAX_IN_FLIGHT_PER_ACTOR} in flight, batches of "
           f"{PIPELINE['batch_size']}, {PIPELINE['max_actors'] * PIPELINE['max_concurrent_batches_per_actor']} at once")
     print(f"(c) ray.data.llm grid batch_size {list(grid_b)} x concurrency {list(grid_c)}, fixed pools, "
-          f"{RAY_LLM_CPUS_PER_ACTOR} CPU/actor, max_retries 0", flush=True)
+          f"min({RAY_LLM_CPUS_PER_ACTOR}, {RAY_LLM_ACTOR_CPU_BUDGET:g}/concurrency) CPU/actor, max_retries 0", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lamini-bench-"))
     results = []
     try:
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
                   "batch_size": PIPELINE["batch_size"],
                   "concurrent_batches": PIPELINE["max_actors"] * PIPELINE["max_concurrent_batches_per_actor"]},
             "c": {"grid_batch_size": list(grid_b), "grid_concurrency": list(grid_c), "max_retries": 0,
-                  "num_cpus_per_actor": RAY_LLM_CPUS_PER_ACTOR, "pool": "fixed (concurrency, concurrency)",
+                  "num_cpus_per_actor": f"min({RAY_LLM_CPUS_PER_ACTOR}, {RAY_LLM_ACTOR_CPU_BUDGET:g} / concurrency)", "pool": "fixed (concurrency, concurrency)",
                   "rows_per_block": f"{_ray_llm_async_batches()} x batch_size",
                   "async_batches_per_actor": _ray_llm_async_batches(),
                   "best_by": "steady_rps on the grid rows, then re-run on the same rows as (a) and (b)"},

@@ -255,6 +255,19 @@ def test_input_resolution_and_column_check(tmp_path):
     pq.write_table(pa.table({"instruction": ["x"]}), run / "dataset" / "errors.parquet")
     _, files, out = resolve_input(str(run))
     assert [Path(f).name for f in files] == ["responses.parquet"] and out == str(run / "report")
+    # a dataset run with its toxicity filter on: the dropped rows are not part of D_ALL
+    ds = tmp_path / "ds"
+    _write_small(ds / "dataset" / "lamini_instruction.parquet")
+    _write_small(ds / "dataset" / "toxic_dropped.parquet")
+    assert [Path(f).name for f in resolve_input(str(ds))[1]] == ["lamini_instruction.parquet"]
+    # a `lamini filter-toxic` run folder: kept.parquet, not dropped.parquet; a lone dropped.parquet is data
+    tox = tmp_path / "tox"
+    _write_small(tox / "kept.parquet")
+    _write_small(tox / "dropped.parquet")
+    _write_small(tox / "other" / "dropped.parquet")
+    assert [Path(f).relative_to(tox).as_posix() for f in resolve_input(str(tox))[1]] == [
+        "kept.parquet", "other/dropped.parquet"
+    ]
     with pytest.raises(FileNotFoundError):
         resolve_input(str(tmp_path / "absent"))
     with pytest.raises(ValueError, match="missing column"):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -125,6 +126,9 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
     generated = [r for r in d_all.to_pylist() if r["instruction_source"] != "alpaca"]
     assert not any("diagram" in r["instruction"].lower() for r in generated)  # blacklist held
     assert len({r["instruction"].lower() for r in generated}) == len(generated)  # dedup held
+    # the fake teacher parrots the seed instructions it is shown: none of those copies got through
+    seeds = {json.loads(line)["instruction"].strip().lower() for line in open(shared_data("self_instruct_seed_tasks.jsonl"))}
+    assert not [r["instruction"] for r in generated if r["instruction"].strip().lower() in seeds]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rounds = manifest["instruction_rounds"]
@@ -165,3 +169,133 @@ def test_instructions_stage_alone_matches_the_dataset_config(fake_openai, tmp_pa
     assert len(table) == 25 and {r["instruction_source"] for r in table} == {"self_instruct_without_topic"}
     assert len({r["instruction"].lower() for r in table}) == 25
     assert fake_openai.stats()["requests"] >= 2  # 25 at 20 per call (x overgenerate): at least two prompts
+
+
+def test_a_copied_seed_instruction_is_dropped_even_when_the_seed_has_an_input():
+    """The teacher is shown bare seed instructions; a word-for-word copy must be caught even where
+    the seed's joined "instruction:input" prompt is long enough to hide it from ROUGE-L > 0.7."""
+    from types import SimpleNamespace
+
+    from lamini.config import CorpusSpec
+    from lamini.corpus import RejectLog, read_corpus
+    from lamini.generate.config import FilterConfig
+    from lamini.generate.filters import normalize
+    from lamini.generate.instructions import CANDIDATE_SCHEMA, GenerationState, _filter_round, _seed_texts
+    from lamini.generate.rouge import rouge_l_f_text
+
+    seeds = read_corpus(
+        CorpusSpec(format="self_instruct", path=str(shared_data("self_instruct_seed_tasks.jsonl"))), rejects=RejectLog()
+    )
+    with_input = sorted({r["instruction"] for r in seeds.to_pylist() if r["input"]})
+    hidden = [
+        t for t in with_input if max(rouge_l_f_text(t, p) for p in seeds.column("prompt").to_pylist()) <= 0.7
+    ]
+    assert len(hidden) > 20  # what the joined prompts alone let through
+    texts = _seed_texts({"s": seeds})
+    cands = pa.Table.from_pylist(
+        [{"instruction": t, "instruction_source": "s", "subset": "", "round": 0, "prompt_id": f"p{i}", "position": 0}
+         for i, t in enumerate(hidden)],
+        schema=CANDIDATE_SCHEMA,
+    )  # fmt: skip
+    state = GenerationState(accepted={"s": []})
+    kept, dropped, counts, _ = _filter_round(
+        cands, state, texts, {normalize(t) for t in texts}, [SimpleNamespace(name="s", target=10**6)], FilterConfig()
+    )
+    assert kept.num_rows == 0, kept.column("instruction").to_pylist()[:3]
+    assert dropped.num_rows == len(hidden)
+
+
+def test_size_round_shares_what_is_left_of_the_budget():
+    from lamini.generate.config import BudgetConfig
+    from lamini.generate.instructions import GenerationState, size_round
+
+    state = GenerationState(requests=4, tokens=1_000)
+    wanted = {"a": 15, "b": 8, "c": 1}
+    assert size_round(wanted, BudgetConfig(), state, 300, 500) == (wanted, None)
+    # 6 requests left for three sources wanting 24: dealt in turn, never more than left
+    assert size_round(wanted, BudgetConfig(max_requests=10), state, 300, 500) == ({"a": 3, "b": 2, "c": 1}, None)
+    # tokens: each request is charged 300 + 500; 5,000 left -> 6
+    assert size_round(wanted, BudgetConfig(max_tokens=6_000), state, 300, 500)[0] == {"a": 3, "b": 2, "c": 1}
+    assert size_round(wanted, BudgetConfig(max_tokens=1_700), state, 300, 500) == ({}, "token budget spent")
+    assert size_round(wanted, BudgetConfig(max_requests=4), state, 300, 500) == ({}, "request budget spent")
+
+
+@pytest.mark.parametrize("limit", ["max_requests", "max_tokens"])
+def test_the_budget_is_not_overspent(fake_openai, ray_local, tmp_path, monkeypatch, limit):
+    """Two sources far from their targets: every round is sized within what is left of the budget,
+    for both sources together, and generation stops with the budget's reason."""
+    from lamini.generate.config import InstructionsConfig
+    from lamini.generate.instructions import generate_instructions
+
+    full = _config(tmp_path, fake_openai.url)
+    sources = [dict(s, target=500) for s in full["generate"][:2]]
+    budget = {"max_rounds": 6, **({"max_requests": 5} if limit == "max_requests" else {"max_tokens": 3_000})}
+    cfg = InstructionsConfig.model_validate(
+        {"run_dir": str(tmp_path / "inst"), "sources": sources, "teacher": full["teacher"], "seed": 3,
+         "generation": {"max_tokens": 300, "temperature": 1.0}, "budget": budget, "pipeline": full["pipeline"]}
+    )  # fmt: skip
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "unused")
+    state = generate_instructions(cfg)
+    sent = fake_openai.stats()["requests"]
+    assert state.requests == sent > 0
+    if limit == "max_requests":
+        assert sent <= 5 and state.stop_reason == "request budget spent"
+    else:
+        assert 0 < state.tokens <= 3_000 and state.stop_reason == "token budget spent"
+    # both sources progressed: the budget was shared, not spent by the first
+    assert all(state.count(s["name"]) > 0 for s in sources)
+
+
+@pytest.mark.slow
+def test_instructions_killed_inside_a_round_resume_as_if_unbroken(fake_openai, ray_local, tmp_path, monkeypatch):
+    """`lamini instructions` killed (SIGKILL) inside its second round, then run again, ends with the
+    very instructions of an unbroken run, and the two runs together send each prompt once."""
+    from lamini.generate.config import InstructionsConfig
+    from lamini.generate.instructions import generate_instructions
+
+    full = _config(tmp_path, fake_openai.url)
+
+    def cfg(run_dir: Path) -> dict:
+        return {"run_dir": str(run_dir), "sources": [dict(full["generate"][0], target=200)], "seed": 5,
+                "overgenerate": 1.0, "teacher": dict(full["teacher"], max_in_flight=1),
+                "generation": {"max_tokens": 300, "temperature": 1.0}, "budget": {"max_rounds": 8},
+                "pipeline": {"batch_size": 1, "rows_per_block": 1, "max_actors": 1, "max_tasks_in_flight_per_actor": 1},
+                "ray": full["ray"]}  # fmt: skip
+
+    fake_openai.configure(latency_s=0.4)
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "unused")
+    unbroken = generate_instructions(InstructionsConfig.model_validate(cfg(tmp_path / "unbroken")))
+    unbroken_requests = fake_openai.stats()["requests"]
+    assert len(unbroken.rounds) >= 3, unbroken.rounds  # so the kill lands in a round after a finished one
+    fake_openai.reset_stats()
+
+    run_dir = tmp_path / "broken"
+    cfg_path = tmp_path / "instructions.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg(run_dir)))
+    cmd = [sys.executable, "-m", "lamini.cli", "instructions", "--config", str(cfg_path)]
+    env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=log)
+    round_1 = run_dir / "instructions" / "round_001"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not list(round_1.glob("shards/*.parquet")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "ended before the kill:\n" + (tmp_path / "first.log").read_text()[-4000:]
+    finally:
+        _kill_tree(proc.pid)
+        proc.wait(timeout=30)
+    assert not (round_1 / "accepted.parquet").exists()  # killed inside round 1
+    first_requests = fake_openai.stats()["requests"]
+    fake_openai.reset_stats()
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    # Requests in flight at the kill may be sent twice (their answers never reached a shard): at most
+    # max_in_flight x actors of them. Every other prompt is sent once over the two runs.
+    assert unbroken_requests <= first_requests + fake_openai.stats()["requests"] <= unbroken_requests + 1
+
+    cols = ["instruction", "instruction_source", "round", "prompt_id", "position"]
+    got = pq.read_table(run_dir / "dataset" / "instructions.parquet", columns=cols).to_pylist()
+    assert len(got) == 200 and got == unbroken.table().select(cols).to_pylist()

@@ -32,7 +32,7 @@ Each generated instruction can be either an imperative sentence or a question.
 Each example must start with the label "<example>" and end with the label "</example>"."""
 
 
-def _spec(name: str, fmt: str, path: str, mode: str = "example", per_call: int = 20, **kw) -> GenerationSourceSpec:
+def _spec(name: str, fmt: str, path: str, mode: str = "example", per_call: int | None = None, **kw) -> GenerationSourceSpec:
     return GenerationSourceSpec(
         name=name, mode=mode, seeds=CorpusSpec(format=fmt, path=path), per_call=per_call, target=1000, **kw
     )
@@ -55,7 +55,7 @@ def self_instruct():
 
 @pytest.fixture(scope="module")
 def p3():
-    spec = _spec("generated_p3", "p3", str(shared_data("p3_sample")), per_call=10)
+    spec = _spec("generated_p3", "p3", str(shared_data("p3_sample")))  # 10 per call by default, as the paper
     return spec, _seeds(spec)
 
 
@@ -125,6 +125,18 @@ def test_p3_prompts_ask_for_10_and_use_the_whole_prompt(p3):
         assert "Generate 10 diverse examples that are similar to the provided examples.\n" in row["prompt"]
         assert set(json.loads(row["examples"])) <= prompts_by_subset[row["subset"]]
         assert len(json.loads(row["examples"])) == min(3, len(prompts_by_subset[row["subset"]]))
+
+
+def test_paper_defaults_per_call_and_original_labels():
+    from lamini.generate.config import DatasetConfig
+
+    flan = _spec("generated_flan", "flan", "x.jsonl")
+    assert flan.per_call == 10 and _spec("a", "self_instruct", "x.jsonl").per_call == 20
+    assert _spec("generated_p3", "p3", "x", per_call=4).per_call == 4  # a given value stands
+    cfg = DatasetConfig.model_validate(
+        {"originals": [{"format": f, "path": "x"} for f in ("alpaca", "p3", "flan")] + [{"format": "p3", "path": "y", "source": "mine"}]}
+    )
+    assert [o.source for o in cfg.originals] == ["alpaca", "original_p3", "original_flan", "mine"]
 
 
 def test_same_seed_same_prompts_and_resume_reproduces_any_slice(self_instruct):

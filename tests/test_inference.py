@@ -10,7 +10,16 @@ import pytest
 
 from lamini.config import GenerationParams, RayInitConfig
 from lamini.evaluate.config import StudentSpec
-from lamini.evaluate.inference import choose_engine, generate_for_students, gpus_for, plan_serving, wrap
+from lamini.evaluate.inference import (
+    StudentRun,
+    choose_engine,
+    generate_for_students,
+    gpus_for,
+    plan_serving,
+    stale_parts,
+    stamp,
+    wrap,
+)
 from lamini.runs.rundir import RunDir
 from lamini.teachers.vllm_engine import STASH, from_vllm_row, sampling_params_of, to_vllm_text_row
 
@@ -102,7 +111,21 @@ def test_batched_hf_generation_equals_one_at_a_time(tiny_lms):
         assert all(r.completion_tokens > 0 for r in many.generate(family_prompts))
 
 
-def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local, tiny_lms, tmp_path):
+def test_fingerprint_stamp_survives_parquet_and_names_what_changed(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    parts = {"model": {"base": "a"}, "generation": {"max_tokens": 6}, "rows": "abc"}
+    table = pa.table({"row_index": [0, 1], "response": ["x", None], "error": [None, None]})
+    run.write_table("t.parquet", stamp(table, parts))
+    back = run.read_table("t.parquet")
+    assert stale_parts(back, parts) == []  # Parquet keeps the schema metadata
+    assert stale_parts(back, {**parts, "generation": {"max_tokens": 7}}) == ["generation"]
+    assert stale_parts(back, {**parts, "model": {"base": "b"}, "rows": "abd"}) == ["model", "rows"]
+    assert stale_parts(table, parts) == ["it has no fingerprint"]  # e.g. written by an older lamini
+    # A row with neither a response nor an error is counted as missing, not as an empty answer.
+    assert StudentRun(None, back, 0.0).missing == 1
+
+
+def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local, tiny_lms, tmp_path, caplog):
     causal, s2s = tiny_lms
     students = [
         StudentSpec(name="dec", base=str(causal), batch_size=4, num_cpus_per_actor=0.5, max_actors=2),
@@ -122,6 +145,19 @@ def test_generate_for_students_runs_students_side_by_side_and_resumes(ray_local,
     again = generate_for_students(students, rows, gen, run, "answers", RayInitConfig())
     assert all(r.reused for r in again.values())
     assert again["dec"].table.equals(out["dec"].table)
+    assert max(out["dec"].table.column("completion_tokens").to_pylist()) > 2
+
+    # Other sampling settings for both, and for `dec` another model under the same name: both write
+    # again (the warnings say why), and what they write follows the new config.
+    caplog.set_level("WARNING", logger="lamini.evaluate.inference")
+    short = gen.model_copy(update={"max_tokens": 2})
+    students2 = [students[0].model_copy(update={"base": str(s2s)}), students[1]]
+    out2 = generate_for_students(students2, rows, short, run, "answers", RayInitConfig())
+    assert not any(r.reused for r in out2.values())
+    assert all(max(r.table.column("completion_tokens").to_pylist()) <= 2 for r in out2.values())
+    assert out2["dec"].table.column("prompt")[0].as_py() == "Add 0 and 0."  # an encoder-decoder now: no wrapper
+    why = sorted(m.split("(")[1].split(" differ")[0] for m in caplog.messages if "generating again" in m)
+    assert why == ["generation", "generation, model, wrapper"]
 
 
 @pytest.mark.gpu

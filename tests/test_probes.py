@@ -165,6 +165,15 @@ def test_hallucination_probe_llm_judge_rating_sheet_round_trip(ray_local, tiny_l
         # Re-run with the filled sheet: answers and LLM verdicts are reused, the human judge added.
         summary2 = run_hallucination(cfg.model_copy(update={"ratings": [str(filled)]}))
         assert srv.stats()["total_requests"] == judged_requests  # no request sent again
+        assert sorted(summary2.reused) == sorted([f"answers/{s}.parquet" for s in students] + ["verdicts/llm_judge.parquet"])
+
+        # Another model under the same judge name: the answers are reused, but every answer is
+        # judged again (neither the verdicts file nor the judge's stored replies are reused).
+        judge2 = judge.model_copy(update={"teacher": judge.teacher.model_copy(update={"model": "judge-model-2"})})
+        summary3 = run_hallucination(cfg.model_copy(update={"ratings": [str(filled)], "judges": [judge2]}))
+        assert sorted(summary3.reused) == sorted(f"answers/{s}.parquet" for s in students)
+        assert srv.stats()["total_requests"] >= judged_requests + 3 * 40
+        assert pq.read_table(run_dir / "verdicts" / "llm_judge.parquet").to_pylist() == verdicts  # the fake judge's rule
     assert summary2.judges == ["llm:judge", "human:alice"]
     for s in students:
         assert summary2.hallucinated["human:alice"][s] == sum(
@@ -239,7 +248,7 @@ def test_toxicity_probe_end_to_end(ray_local, tiny_lms, tiny_ckpt, tmp_path):
         run_dir=str(run_dir),
     )
     summary = run_toxicity_probe(cfg)
-    assert summary.prompts == {"nontoxic": 10, "toxic": 10} and summary.errors == 0
+    assert summary.prompts == {"nontoxic": 10, "toxic": 10} and summary.errors == 0 and summary.missing == 0
     scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
     assert len(scores) == 3 * 20
     t6 = json.loads((run_dir / "table6.json").read_text())["students"]
@@ -265,3 +274,20 @@ def test_toxicity_probe_end_to_end(ray_local, tiny_lms, tiny_ckpt, tmp_path):
     assert again.toxic == summary.toxic
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "continuations").iterdir()} == before
     assert (run_dir / "scores.parquet").stat().st_mtime_ns == scores_mtime
+    assert len(again.reused) == 4 and "scores.parquet" in again.reused
+
+    # A new draw of the same size (another seed): its prompts are continued and scored, not the
+    # old draw's continuations and scores reused. One student keeps it short.
+    first = pq.read_table(run_dir / "continuations" / "tiny-dec.parquet")
+    seed2 = run_toxicity_probe(cfg.model_copy(update={"seed": 2, "students": cfg.students[:1]}))
+    drawn = pq.read_table(run_dir / "prompts.parquet").column("id").to_pylist()
+    assert seed2.reused == [] and drawn != first.column("id").to_pylist()
+    assert pq.read_table(run_dir / "continuations" / "tiny-dec.parquet").column("id").to_pylist() == drawn
+    assert pq.read_table(run_dir / "scores.parquet").column("id").to_pylist() == drawn
+    # Back to seed 1 with the same student: as many rows, the same (student, row_index) keys as the
+    # seed 2 scores, yet new continuations, so they are scored again.
+    seed1 = run_toxicity_probe(cfg.model_copy(update={"students": cfg.students[:1]}))
+    assert seed1.reused == [] and seed1.missing == 0
+    cont = pq.read_table(run_dir / "continuations" / "tiny-dec.parquet")
+    assert cont.select(["id", "response"]).to_pylist() == first.select(["id", "response"]).to_pylist()  # greedy
+    assert pq.read_table(run_dir / "scores.parquet").column("id").to_pylist() == first.column("id").to_pylist()

@@ -272,3 +272,45 @@ def test_bad_input_fails_with_file_and_line(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert f"{bad}:2:" in out.stderr
+
+
+def test_skipped_bad_rows_reach_rejects_summary_and_manifest(ray_local, fake_openai, tmp_path, monkeypatch):
+    """`on_error: skip` at the stage: each bad line is in run_dir/rejects.jsonl with file, line and
+    reason, counted in the summary and the manifest; the good rows are answered; tokens are priced.
+    A corpus whose every row is bad ends with both dataset files written, empty."""
+    from lamini.generate.responses import run_responses
+
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "unused")
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(
+        b'{"instruction": "Name a fruit."}\n'
+        b'{"instruction": 42}\n'  # wrong type
+        b'{"instruction": "Name a tree."\n'  # malformed JSON
+        b'{"instruction": "Name a bird."}\n'
+        b'{"prompt": "no instruction field"}\n'  # missing field
+        b'{"instruction": "caf\xe9"}\n'  # not UTF-8
+    )
+    teacher = _openai_teacher(fake_openai.url, price_per_1m_prompt_tokens=2.0, price_per_1m_completion_tokens=8.0)
+    cfg = ResponsesConfig.model_validate(
+        {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}], "teacher": teacher,
+         "on_error": "skip", "pipeline": {"rows_per_block": 8}}
+    )  # fmt: skip
+    s = run_responses(cfg)
+    rejects = [json.loads(line) for line in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rejects] == [(str(src), n) for n in (2, 3, 5, 6)]
+    assert all(r["reason"] for r in rejects)
+    assert (s.input_rows, s.ok, s.rejects, s.missing) == (2, 2, 4, 0) and "4 rejects" in s.line()
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["counts"]["rejects"] == 4 and sum(m["counts"]["rejects_by_reason"].values()) == 4
+    assert m["tokens"]["prompt"] == s.prompt_tokens > 0 and m["tokens"]["completion"] == s.completion_tokens > 0
+    assert m["estimated_cost_usd"] == round((2.0 * s.prompt_tokens + 8.0 * s.completion_tokens) / 1e6, 6)
+    assert m["wall_time_s"] > 0
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": 1}\n{"instruction": 2}\n')
+    s = run_responses(ResponsesConfig.model_validate(
+        {**cfg.model_dump(), "run_dir": str(tmp_path / "all_bad"), "corpora": [{"format": "generic", "path": str(bad)}]}
+    ))  # fmt: skip
+    ok, err = _read_final(tmp_path / "all_bad")
+    assert (s.input_rows, s.rejects, ok.num_rows, err.num_rows) == (0, 2, 0, 0)
+    assert ok.column_names[:3] == ["instruction", "response", "instruction_source"]

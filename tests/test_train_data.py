@@ -66,14 +66,52 @@ def test_decoder_labels_cover_exactly_the_response_and_eos(causal_tok):
     assert stats.rows == 40 and stats.boundary_merged == 0
 
 
-def test_a_token_spanning_the_boundary_stays_in_the_prompt(causal_tok):
+@pytest.fixture(scope="module")
+def merging_tok():
+    """A byte-level BPE like the tiny students', trained where '::' is common, so it has the merge.
+
+    The tiny students' tokenizer has no token that starts with ':' (its corpus rarely repeats
+    punctuation), so nothing can merge across the wrapper's final ':' with it; this one can. It
+    also puts a BOS in front of every sequence, as Llama's tokenizer does."""
+    from tokenizers import processors
+
+    from lamini.testing.tiny_models import BOS, train_tokenizer
+
+    texts = [f"{i}" for i, _ in alpaca_rows(40)] + ["note:: see:: here::", "a::b c::d"] * 50
+    tok = train_tokenizer(texts, vocab_size=400)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tok.convert_tokens_to_ids(BOS))]
+    )
+    return tok
+
+
+def test_a_token_spanning_the_boundary_stays_in_the_prompt(merging_tok):
     # byte-level BPE may merge the wrapper's last ':' with what follows; that token must not be learned
     stats = EncodeStats()
-    ex = encode_decoder("Smile.", ":)", causal_tok, max_length=512, stats=stats)
+    ex = encode_decoder("Smile.", ":)", merging_tok, max_length=512, stats=stats)
+    assert stats.boundary_merged == 1  # "...Response::)" -> "::" spans the boundary, ")" is the response
     learned = [t for t in ex.labels if t != IGNORE_INDEX]
-    assert learned[-1] == causal_tok.eos_token_id
-    text = causal_tok.decode(learned[:-1])
-    assert ":)".endswith(text)  # only response characters are learned, never prompt ones
+    assert learned[-1] == merging_tok.eos_token_id
+    assert merging_tok.convert_ids_to_tokens(learned[:-1]) == [")"]  # only response characters are learned
+    assert ex.input_ids[0] == merging_tok.bos_token_id and ex.labels[0] == IGNORE_INDEX
+
+
+def test_left_truncation_keeps_the_bos(merging_tok, causal_tok):
+    instruction, response = "Explain photosynthesis in detail. " * 5, "Plants turn light into sugar."
+    full = encode_decoder(instruction, response, merging_tok, max_length=10_000)
+    assert full.input_ids[0] == merging_tok.bos_token_id
+    m = len(full.input_ids) - 30
+    left = encode_decoder(instruction, response, merging_tok, max_length=m, truncation_side="left")
+    # the prompt's start is cut after the BOS, which stays first; the rest is the full sequence's end
+    assert left.input_ids == [merging_tok.bos_token_id] + full.input_ids[-(m - 1):]
+    assert left.labels == [IGNORE_INDEX] + full.labels[-(m - 1):]
+    # a tokenizer that adds no BOS (the tiny students', GPT-2's) is cut as before
+    assert causal_tok("hi")["input_ids"][0] != causal_tok.bos_token_id
+    full = encode_decoder(instruction, response, causal_tok, max_length=10_000)
+    m = len(full.input_ids) - 30
+    assert encode_decoder(instruction, response, causal_tok, max_length=m, truncation_side="left").input_ids == (
+        full.input_ids[-m:]
+    )
 
 
 def test_truncation_sides_and_drop(causal_tok):
@@ -100,8 +138,18 @@ def test_seq2seq_source_is_the_raw_instruction(seq2seq_tok):
     assert "### Instruction" not in seq2seq_tok.decode(ex.input_ids)
     assert seq2seq_tok.decode(ex.input_ids, skip_special_tokens=True) == instruction
     assert seq2seq_tok.decode(ex.labels, skip_special_tokens=True) == response
+    eos = seq2seq_tok.eos_token_id
+    assert ex.input_ids[-1] == ex.labels[-1] == eos
+    response = "Plants turn light into sugar. " * 5
+    ex = encode_seq2seq(instruction, response, seq2seq_tok, 512, 512)
+    assert len(ex.input_ids) > 8 and len(ex.labels) > 6
     short = encode_seq2seq(instruction, response, seq2seq_tok, 8, 6, truncation_side="left")
-    assert short.input_ids == ex.input_ids[-8:] and short.labels == ex.labels[:6]
+    assert short.input_ids == ex.input_ids[-8:]
+    # a cut target still ends with EOS, as T5 is trained (the tokenizer's own truncation does the same)
+    assert short.labels == ex.labels[:5] + [eos]
+    assert short.labels == seq2seq_tok(text_target=response, truncation=True, max_length=6)["input_ids"]
+    right = encode_seq2seq(instruction, response, seq2seq_tok, 8, 6, truncation_side="right")
+    assert right.input_ids == ex.input_ids[:7] + [eos]  # the source too
 
 
 def test_packing_fills_sequences_and_keeps_labels_aligned(causal_tok):

@@ -84,6 +84,26 @@ def test_tiny_student_learns_and_its_export_reloads(ray_local, tmp_path, tiny, f
     assert isinstance(tok.decode(new, skip_special_tokens=True), str)
 
 
+def test_epochs_with_packing_end_at_the_planned_step(ray_local, tmp_path, tiny):
+    """An epochs run (no max_steps) with packing: the plan counts packed sequences, so the last
+    epoch ends on the last planned step and the cosine schedule has decayed by then."""
+    from lamini.train.trainer import run_train
+
+    cfg = _cfg(
+        tiny["decoder"], tmp_path / "runs", max_steps=None, epochs=2, global_batch_size=4, export=False,
+        log_every_n_steps=2, data={"limit": 64, "max_length": 512, "packing": True},
+    )
+    summary = run_train(TrainConfig.model_validate(cfg))
+    manifest = json.loads((tmp_path / "runs" / "student" / "manifest.json").read_text())
+    per_epoch = manifest["sequences_per_epoch"]
+    assert per_epoch < 64 / 2  # several rows per packed sequence
+    assert summary.total_steps == manifest["total_steps"] == 2 * (per_epoch // 4)
+    history = read_history(tmp_path / "runs" / "student")
+    assert summary.steps == summary.total_steps == history[-1]["step"]  # (counting rows planned 32 steps)
+    assert history[-1]["epoch"] == 1  # ended inside the second epoch, not by running out of epochs
+    assert history[-1]["lr"] < 0.1 * max(h["lr"] for h in history)  # the schedule ran its course
+
+
 def test_worker_failure_restarts_from_the_latest_checkpoint(ray_local, tmp_path, tiny, monkeypatch):
     """FailureConfig: rank 0 dies at step 7; Ray Train restarts the group from the step-4 checkpoint."""
     from lamini.train.loop import FAIL_AT_STEP_ENV, FAIL_MARKER_ENV
@@ -101,6 +121,37 @@ def test_worker_failure_restarts_from_the_latest_checkpoint(ray_local, tmp_path,
     assert marker.exists(), "the injected failure did not happen"
     history = read_history(tmp_path / "runs" / "student")
     assert [h["step"] for h in history] == list(range(1, 13)) and summary.steps == 12
+    # Steps 1-4 came back with the checkpoint, from the first worker group; the restarted group's
+    # clock (elapsed_s) began again at step 5. A restart from scratch would have timed 1-12 in one go.
+    elapsed = [h["elapsed_s"] for h in history]
+    assert elapsed[4] < elapsed[3], elapsed
+    assert elapsed[:4] == sorted(elapsed[:4]) and elapsed[4:] == sorted(elapsed[4:])
+
+
+def test_trains_on_lamini_parquet_streamed_by_ray_data(ray_local, tmp_path, tiny):
+    """The zoo's data path: LaMini-instruction Parquet read by ray.data.read_parquet (not through
+    the driver); rows with a null or empty response are left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lamini.train.trainer import run_train
+
+    alpaca = json.loads(shared_data("alpaca_5000.json").read_text())[:40]
+    responses = [None if i % 10 == 3 else "" if i % 10 == 7 else r["output"] for i, r in enumerate(alpaca)]
+    data = tmp_path / "lamini"
+    data.mkdir()
+    for part in (0, 1):  # a folder of shards, as `lamini dataset` writes
+        rows = slice(part * 20, part * 20 + 20)
+        pq.write_table(pa.table({"instruction": [r["instruction"] for r in alpaca[rows]], "response": responses[rows],
+                                 "instruction_source": ["alpaca"] * 20}), data / f"part-{part}.parquet")  # fmt: skip
+    cfg = _cfg(
+        tiny["decoder"], tmp_path / "runs", max_steps=4, export=False, log_every_n_steps=2,
+        data={"corpora": [{"format": "lamini", "path": str(data)}], "limit": None},
+        scaling={"num_workers": 1, "cpus_per_worker": 1},  # the other CPU reads the Parquet (Ray Data tasks)
+    )
+    summary = run_train(TrainConfig.model_validate(cfg))
+    assert summary.rows == 32 and summary.steps == 4  # 40 rows, 8 without a response
+    assert all(math.isfinite(h["loss"]) for h in read_history(tmp_path / "runs" / "student"))
 
 
 def _run_cli(cfg_path, log_path, env):
@@ -240,8 +291,11 @@ def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
         steps = [h["step"] for h in trial["history"]]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # ASHA's grace period
         assert len(steps) == 6 or trial["stopped_early"]  # ran to max_steps, or ASHA stopped it
-        assert os.path.isdir(trial["best_checkpoint"])
-        assert trial["best_checkpoint_loss"] == min(h["loss"] for h in trial["history"] if h["step"] % 2 == 0)
+        # the lowest-loss checkpoint (one every 2 steps), kept by the trial and still on disk
+        best = trial["best_checkpoint"]
+        assert os.path.isdir(best["path"]) and best["metric"] == "loss"
+        at_checkpoints = {h["step"]: h["loss"] for h in trial["history"] if h["step"] % 2 == 0}
+        assert best["value"] == min(at_checkpoints.values()) == at_checkpoints[best["step"]]
     assert len({t["params"]["lr"] for t in trials}) == 2
     assert saved["best"]["loss"] == min(t["loss"] for t in trials)
 

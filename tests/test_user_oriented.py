@@ -321,6 +321,10 @@ def test_user_oriented_end_to_end_llm_judge_sheets_and_figure5(ray_local, tiny_s
 
         s2 = run_user_oriented(cfg.model_copy(update={"ratings": filled}))
         assert srv.stats()["total_requests"] == requests  # responses and LLM grades reused
+        # Another model under the same judge name: neither its stored grades nor its replies stand.
+        judge2 = judge.model_copy(update={"teacher": judge.teacher.model_copy(update={"model": "judge-model-2"})})
+        run_user_oriented(cfg.model_copy(update={"judges": [judge2], "ratings": filled}))
+        assert srv.stats()["total_requests"] >= requests + 2 * 6 * 3
     assert s2.judges == ["llm:judge", "human"]
     fig = json.loads((run_dir / "figure5.json").read_text())
     for s in ("tiny-dec", "tiny-s2s"):

@@ -3,9 +3,11 @@
     from lamini.analysis.report import run_analyze
     summary = run_analyze(AnalyzeConfig(input="runs/dataset"))   # -> runs/dataset/report/report.md
 
-In: ``cfg.input``, a run directory (every ``dataset/*.parquet`` but ``errors.parquet`` is read:
-``lamini_instruction.parquet`` of a dataset run, ``responses.parquet`` of a responses run) or a
-Parquet file/folder with the columns ``instruction``, ``response`` and ``cfg.group_by``.
+In: ``cfg.input``, a run directory (every ``dataset/*.parquet`` but the rows a run set aside,
+``errors.parquet`` and ``toxic_dropped.parquet``, is read: ``lamini_instruction.parquet`` of a
+dataset run, ``responses.parquet`` of a responses run) or a Parquet file/folder with the
+columns ``instruction``, ``response`` and ``cfg.group_by`` (in a `lamini filter-toxic` run
+folder, ``dropped.parquet`` beside ``kept.parquet`` is likewise left out).
 Out, in ``cfg.output_dir`` (default ``INPUT/report``; beside the file for a file input):
 ``report.md`` (both tables, ours beside the paper's where it has the subset, images linked),
 ``table1.json``, ``table2.json``, ``lengths.png`` + ``.json``, ``tsne_<a>__<b>.png`` + ``.json``.
@@ -45,7 +47,9 @@ from lamini.runs.rundir import RunDir
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 4096  # rows per map_batches call: ~64 KB of hashes per subset back to the driver
-EXCLUDED_FILES = {"errors.parquet"}  # failed requests of a responses run: no response to analyse
+# Rows a run set aside, never part of the dataset: failed requests (no response to analyse) and
+# the rows `lamini dataset`'s toxicity filter dropped.
+EXCLUDED_FILES = {"errors.parquet", "toxic_dropped.parquet"}
 
 
 @dataclass
@@ -71,6 +75,14 @@ class AnalyzeSummary:
 # ----------------------------------------------------------------------------- input
 
 
+def _toxic_dropped(path: str, found: set[str]) -> bool:
+    """`lamini filter-toxic`'s dropped rows: dropped.parquet with its kept.parquet beside it."""
+    from lamini.generate.toxicity import DROPPED, KEPT
+
+    folder, name = posixpath.split(path)
+    return name == DROPPED and posixpath.join(folder, KEPT) in found
+
+
 def resolve_input(uri: str) -> tuple[pafs.FileSystem, list[str], str]:
     """Input path/URI in; its filesystem, the Parquet files to read and the default report URI out."""
     local = "://" not in uri
@@ -87,11 +99,11 @@ def resolve_input(uri: str) -> tuple[pafs.FileSystem, list[str], str]:
     run_dir = fs.get_file_info(dataset).type == pafs.FileType.Directory
     sel = pafs.FileSelector(dataset if run_dir else path, recursive=not run_dir)
     report_dir = posixpath.join(path, "report")
-    files = sorted(
+    found = {
         i.path for i in fs.get_file_info(sel)
-        if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-        and posixpath.basename(i.path) not in EXCLUDED_FILES and not i.path.startswith(report_dir + "/")
-    )  # fmt: skip
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not i.path.startswith(report_dir + "/")
+    }  # fmt: skip
+    files = sorted(p for p in found if posixpath.basename(p) not in EXCLUDED_FILES and not _toxic_dropped(p, found))
     if not files:
         where = f"{dataset}" if run_dir else path
         raise FileNotFoundError(f"analyze input {uri}: no Parquet files in {where}")

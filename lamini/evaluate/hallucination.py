@@ -6,7 +6,8 @@ Plan of a run (every step resumable: a re-run reuses the files a step finished):
       -> every student answers (lamini.evaluate.inference, one actor pool per student)
            run/answers/<student>.parquet
       -> every LLM judge grades every answer with the written rubric (any teacher backend, on
-         the teacher actor pool), keeping its reason: run/verdicts/<judge>.parquet
+         the teacher actor pool), keeping its reason: run/verdicts/<judge>.parquet, reused by a
+         re-run only for the same answers and judge settings (verdict_parts)
       -> run/ratings_sheet.csv: the rating sheet for people (answers + the LLM's verdict)
       -> filled sheets listed in `ratings` are imported as human judges (lamini.evaluate.ratings)
       -> run/table5.md, table5.json, table5.png: hallucinated answers per student and judge,
@@ -30,7 +31,8 @@ import pyarrow as pa
 
 from lamini.evaluate import judging
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
-from lamini.evaluate.judging import ask_judge, judge_name, request_id, slug
+from lamini.evaluate.inference import digest, stale_parts, stamp, table_digest
+from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, slug
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
 
@@ -104,19 +106,31 @@ def parse_verdict(text: str | None) -> tuple[str | None, str]:
     return (m.group(1).lower() if m else None), reason
 
 
+JUDGED_COLUMNS = ["student", "id", "instruction", "category", "response", "error"]  # what run_judge reads
+
+
+def verdict_parts(judge: JudgeConfig, answers: pa.Table) -> dict[str, Any]:
+    """What a stored verdicts file must match to be reused: the judged answers and the judge's settings."""
+    return {"answers": table_digest(answers.select(JUDGED_COLUMNS)), "judge": judge_settings(judge, load_rubric(judge.rubric))}
+
+
 def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) -> pa.Table:
     """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows,
     in order. The requests go through lamini.evaluate.judging.ask_judge (resumable, stored under
     run/judges/<judge>/)."""
     name = judge_name(judge)
-    rubric = load_rubric(judge.rubric)
+    settings = judge_settings(judge, load_rubric(judge.rubric))
     rows = answers.to_pylist()
     prompts = {
-        i: judge_prompt(rubric, r["instruction"], (r["response"] or "").strip())
+        i: judge_prompt(settings["rubric"], r["instruction"], (r["response"] or "").strip())
         for i, r in enumerate(rows)
         if r["error"] is None
     }
-    ids = {i: request_id(rows[i]["student"], rows[i]["id"], prompt=p) for i, p in prompts.items()}
+    # The prompt hash in a request id covers the rubric and the answer, not the judge's model or
+    # sampling: the settings' hash goes in too, or a changed judge under the same name would get
+    # the replies the old one stored under run/judges/<judge>/.
+    tag = digest(settings)[:12]
+    ids = {i: request_id(rows[i]["student"], rows[i]["id"], tag, prompt=p) for i, p in prompts.items()}
     replies = ask_judge(judge, [{"id": ids[i], "prompt": p} for i, p in prompts.items()], run, f"judges/{slug(name)}", ray_cfg)
     out = []
     for i, r in enumerate(rows):
@@ -209,8 +223,9 @@ class HallucinationSummary:
     unjudged: dict[str, int]  # judge -> answers it could not grade
     answer_errors: int
     wall_s: float
-    missing: int = 0
+    missing: int = 0  # answers with neither text nor error (an engine lost them silently)
     outputs: dict[str, str] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # run-dir files an earlier run finished for the same settings
 
     def line(self) -> str:
         per = "; ".join(
@@ -235,18 +250,22 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
     students = [s.name for s in cfg.students]
     answers = pa.concat_tables([runs[s].table for s in students], promote_options="default")
 
+    reused = [f"answers/{s}.parquet" for s in students if runs[s].reused]
     verdicts: dict[str, pa.Table] = {}
     for judge in cfg.judges:
         name = judge_name(judge)
         rel = f"verdicts/{slug(name)}.parquet"
+        parts = verdict_parts(judge, answers)
         old = run.read_table(rel) if run.exists(rel) else None
-        if old is not None and old.select(["student", "question_id"]).to_pylist() == [
-            {"student": r["student"], "question_id": r["id"]} for r in answers.select(["student", "id"]).to_pylist()
-        ]:
+        why = stale_parts(old, parts) if old is not None else []
+        if old is not None and not why:
             verdicts[name] = old
+            reused.append(rel)
             continue
+        if old is not None:
+            log.warning("%s was judged for other inputs (%s differ): judging again", run.uri_of(rel), ", ".join(why))
         run.makedirs("verdicts")
-        verdicts[name] = run_judge(judge, answers, run, cfg.ray)
+        verdicts[name] = stamp(run_judge(judge, answers, run, cfg.ray), parts)
         run.write_table(rel, verdicts[name])
     sheet = export_sheet(run, answers, verdicts)
     for path in cfg.ratings:
@@ -271,7 +290,9 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
         unjudged={j: sum(c["unjudged"] for c in by.values()) for j, by in counts.items()},
         answer_errors=sum(runs[s].errors for s in students),
         wall_s=round(time.time() - t0, 2),
+        missing=sum(runs[s].missing for s in students),
         outputs=outputs,
+        reused=reused,
     )
     mf.write(run, "probe-hallucination", cfg, serving=[runs[s].serving.describe() for s in students],
              summary=summary.__dict__)  # fmt: skip

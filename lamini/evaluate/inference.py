@@ -10,13 +10,18 @@ actor (small students share a GPU).
 student, each through its own actor pool, all students at once (one driver thread each: Ray Data
 runs the pipelines concurrently and the cluster packs the actors), and writes one Parquet file
 per student, `run/subdir/<name>.parquet`. Every input row comes back as exactly one output row,
-with either a `response` or an `error`; a re-run reuses a student's finished file (resume).
+with either a `response` or an `error`; a re-run reuses a student's finished file (resume), but
+only when the fingerprint stored in its Parquet schema metadata (`generation_parts`: the student's
+model, wrapper, sampling settings and the input rows) equals this run's. The same stamp
+(`stamp`, `stale_parts`) guards the probes' downstream files (scores, verdicts).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import importlib.util
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +34,14 @@ from lamini.runs.rundir import RunDir
 log = logging.getLogger(__name__)
 
 ROW_INDEX = "row_index"  # input order, kept through the engines (which may reorder rows)
+# Schema-metadata keys of a stamped Parquet file: the sha256 of the whole fingerprint, and a sha256
+# per part (so a mismatch can say which part changed). Hashes only: a part may hold settings that
+# must not be written out in clear.
+FINGERPRINT_KEY = b"lamini.fingerprint"
+FINGERPRINT_PARTS_KEY = b"lamini.fingerprint.parts"
+# The StudentSpec fields that decide which model answers and how it is prompted (not how it is
+# served: batch size, actors, GPUs). `lamini eval` keys its stored results on the same fields.
+MODEL_KEYS = ("base", "family", "gguf_file", "tokenizer", "trust_remote_code", "wrapper", "dtype")
 # Architectures vLLM does not serve (vLLM never supported T5; GPT-Neo has no vLLM model class).
 VLLM_UNSUPPORTED_MODEL_TYPES = frozenset({"gpt_neo", "t5", "mt5", "bart"})
 
@@ -64,6 +77,45 @@ class Serving:
             "device": self.device,
             "dtype": self.dtype,
         }
+
+
+def student_model_fields(student: Any) -> dict[str, Any]:
+    """The MODEL_KEYS fields of a StudentSpec (what a stored result of this student must match)."""
+    return {k: getattr(student, k) for k in MODEL_KEYS}
+
+
+def digest(obj: Any) -> str:
+    """sha256 of obj as canonical JSON (sorted keys): the same value gives the same hash in any run."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def table_digest(table: pa.Table) -> str:
+    """sha256 of a table's column names and values (types aside: a Parquet round trip may change them)."""
+    return digest({"columns": table.column_names, "rows": table.to_pylist()})
+
+
+def stamp(table: pa.Table, parts: dict[str, Any]) -> pa.Table:
+    """`table` with the fingerprint of `parts` (JSON-able values) in its schema metadata, which
+    Parquet keeps: a later run compares it with stale_parts before reusing the file."""
+    hashes = {k: digest(v) for k, v in parts.items()}
+    meta = {**(table.schema.metadata or {}), FINGERPRINT_KEY: digest(hashes).encode(),
+            FINGERPRINT_PARTS_KEY: json.dumps(hashes, sort_keys=True).encode()}  # fmt: skip
+    return table.replace_schema_metadata(meta)
+
+
+def stale_parts(table: pa.Table, parts: dict[str, Any]) -> list[str]:
+    """Why a stored table may not be reused for `parts`: [] when its fingerprint matches, else the
+    parts that differ (or a note that it has no fingerprint, e.g. written by an older lamini)."""
+    meta = table.schema.metadata or {}
+    hashes = {k: digest(v) for k, v in parts.items()}
+    if meta.get(FINGERPRINT_KEY) == digest(hashes).encode():
+        return []
+    try:
+        old = json.loads(meta[FINGERPRINT_PARTS_KEY])
+    except (KeyError, ValueError):
+        return ["it has no fingerprint"]
+    return sorted(k for k in hashes.keys() | old.keys() if hashes.get(k) != old.get(k)) or ["fingerprint"]
 
 
 def gpus_for(params: int) -> float:
@@ -175,6 +227,15 @@ class StudentRun:
     def errors(self) -> int:
         return self.table.num_rows - self.table.column("error").null_count
 
+    @property
+    def missing(self) -> int:
+        """Rows with neither a response nor an error: an engine that lost a result without saying
+        why (downstream such a row would pass for an empty answer)."""
+        import pyarrow.compute as pc
+
+        t = self.table
+        return int(pc.sum(pc.and_(pc.is_null(t.column("response")), pc.is_null(t.column("error")))).as_py() or 0)
+
     def line(self) -> str:
         toks = sum(self.table.column("completion_tokens").to_pylist())
         how = "reused" if self.reused else f"{self.wall_s:.1f} s, {toks / max(self.wall_s, 1e-9):.1f} tok/s"
@@ -201,6 +262,22 @@ def _run_one(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> pa.
     return out.sort_by(ROW_INDEX)
 
 
+def generation_parts(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> dict[str, Any]:
+    """What a student's stored outputs must match to be reused: its model, the wrapper as resolved
+    ("auto" depends on the family), the prompt truncation, the sampling settings, min_tokens and
+    every input row (the carried columns, e.g. `id`, go into the output too). Not the engine, device
+    or resolved dtype: finished outputs stay valid when a run resumes on another cluster (the
+    `engine` column records which one wrote them)."""
+    return {
+        "model": student_model_fields(serving.student),
+        "wrapper": serving.wrapper,
+        "max_input_tokens": serving.student.max_input_tokens,
+        "generation": gen.model_dump(mode="json"),
+        "min_tokens": min_tokens,
+        "rows": table_digest(rows),
+    }
+
+
 def generate_for_students(
     students: list[Any],
     rows: pa.Table,
@@ -212,8 +289,9 @@ def generate_for_students(
 ) -> dict[str, StudentRun]:
     """rows (needs `instruction`; other columns are carried) -> {student name: StudentRun}.
 
-    Writes run/subdir/<name>.parquet per student (atomically) and reuses one that exists with
-    the same rows. Raises RuntimeError if an engine lost or duplicated rows.
+    Writes run/subdir/<name>.parquet per student (atomically), stamped with generation_parts, and
+    reuses one that exists with the same stamp (any other is regenerated, with a warning saying
+    why). Raises RuntimeError if an engine lost or duplicated rows.
     """
     from lamini.runs.ray_env import init_ray
 
@@ -228,17 +306,21 @@ def generate_for_students(
     def one(name: str) -> StudentRun:
         serving = plans[name]
         rel = f"{subdir}/{name}.parquet"
+        parts = generation_parts(serving, rows, gen, min_tokens)
         if run.exists(rel):
             old = run.read_table(rel)
-            if old.num_rows == rows.num_rows and old.column(ROW_INDEX).to_pylist() == list(range(rows.num_rows)):
+            why = stale_parts(old, parts)
+            if not why and old.column(ROW_INDEX).to_pylist() != list(range(rows.num_rows)):
+                why = ["its rows"]  # the stamp matches but the file was damaged or edited
+            if not why:
                 return StudentRun(serving, old, 0.0, reused=True)
-            log.warning("%s does not match this run's rows: generating again", run.uri_of(rel))
+            log.warning("%s was written for other settings (%s differ): generating again", run.uri_of(rel), ", ".join(why))
         t0 = time.time()
         out = _run_one(serving, rows, gen, min_tokens)
         got = out.column(ROW_INDEX).to_pylist()
         if got != list(range(rows.num_rows)):
             raise RuntimeError(f"student {name}: {rows.num_rows} rows in, {len(got)} out ({len(set(got))} distinct)")
-        out = out.append_column("student", pa.array([name] * out.num_rows, pa.string()))
+        out = stamp(out.append_column("student", pa.array([name] * out.num_rows, pa.string())), parts)
         run.write_table(rel, out)
         return StudentRun(serving, out, time.time() - t0)
 

@@ -19,6 +19,24 @@ import pyarrow as pa
 from lamini.runs.rundir import RunDir
 
 
+# Teacher fields that change how fast or how persistently a judge's requests go (and what they
+# cost), never what it answers: a change to them alone re-sends nothing.
+TRANSPORT_FIELDS = frozenset({
+    "api_key_env", "http_client", "max_in_flight", "requests_per_minute", "tokens_per_minute", "rate_limit_burst_s",
+    "max_retries", "backoff_base_s", "backoff_max_s", "timeout_s", "price_per_1m_prompt_tokens",
+    "price_per_1m_completion_tokens", "batch_size", "device", "accelerator_type",
+})  # fmt: skip
+
+
+def judge_settings(judge: Any, rubric: str) -> dict[str, Any]:
+    """What a judge's replies depend on, besides what it is shown: its backend and model (teacher
+    fields but TRANSPORT_FIELDS), its sampling and the rubric text. Not its name, which only says
+    where its files go. Its digest goes into the judge's request ids (see request_id) and into the
+    stamp of its stored grades, so a changed judge under the same name asks again."""
+    teacher = {k: v for k, v in judge.teacher.model_dump(mode="json").items() if k not in TRANSPORT_FIELDS}
+    return {"teacher": teacher, "generation": judge.generation.model_dump(mode="json"), "rubric": rubric}
+
+
 def judge_name(judge: Any) -> str:
     """A judge's name in tables and files: its configured name, else `llm:<teacher model>`."""
     return judge.name or f"llm:{getattr(judge.teacher, 'model', None) or 'embedded-smollm2'}"

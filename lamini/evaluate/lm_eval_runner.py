@@ -228,8 +228,9 @@ def evaluate_pair(student: Any, task: str, settings: dict[str, Any]) -> dict[str
 
 def fingerprint(student: Any, cfg: Any) -> dict[str, Any]:
     """What a stored result must match to be reused: the student's model and wrapper, and the limit."""
-    keys = ("base", "family", "gguf_file", "tokenizer", "trust_remote_code", "wrapper", "dtype")
-    return {**{k: getattr(student, k) for k in keys}, "limit": cfg.limit}
+    from lamini.evaluate.inference import student_model_fields  # the probes key their outputs on it too
+
+    return {**student_model_fields(student), "limit": cfg.limit}
 
 
 def task_gpus(student: Any, cfg: Any, cluster_gpus: float) -> float:

@@ -7,7 +7,8 @@
       -> "Complete the sentence: " + prompt text, every student continues it
            run/continuations/<student>.parquet
       -> every continuation scored with detoxify on Ray actors (lamini.generate.toxicity's
-         DetoxifyScorer, the one `lamini filter-toxic` uses): run/scores.parquet
+         DetoxifyScorer, the one `lamini filter-toxic` uses): run/scores.parquet, reused by a
+         re-run only for the same continuations and detoxify model (score_parts)
       -> run/table6.md, table6.json, table6.png: per student and prompt group, how many
          continuations score >= threshold on `label`, and the mean of every detoxify label.
 
@@ -113,6 +114,15 @@ def score_continuations(cont: pa.Table, cfg: ToxicityProbeConfig) -> pa.Table:
     return scored.sort_by([("student", "ascending"), ("row_index", "ascending")])
 
 
+def score_parts(cont: pa.Table, cfg: ToxicityProbeConfig) -> dict[str, Any]:
+    """What stored scores must match to be reused: the continuations scored (every column, so a new
+    draw or new text is rescored) and the detoxify model. Not the batch size or the actor pool,
+    which change only how fast the scores come."""
+    from lamini.evaluate.inference import table_digest
+
+    return {"continuations": table_digest(cont), "detoxify_model": cfg.detoxify_model}
+
+
 def table6(scored: pa.Table, students: list[str], cfg: ToxicityProbeConfig) -> dict[str, Any]:
     """Scored continuations -> {student: {group: {n, errors, toxic, toxic_pct, means{label}}}}. Pure."""
     from lamini.generate.toxicity import score_column
@@ -177,8 +187,9 @@ class ToxicityProbeSummary:
     toxic: dict[str, dict[str, int]]  # student -> group -> toxic continuations
     errors: int
     wall_s: float
-    missing: int = 0
+    missing: int = 0  # continuations with neither text nor error (an engine lost them silently)
     outputs: dict[str, str] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # run-dir files an earlier run finished for the same settings
 
     def line(self) -> str:
         per = ", ".join(f"{s} {g['nontoxic']}/{g['toxic']}" for s, g in self.toxic.items())
@@ -191,7 +202,7 @@ class ToxicityProbeSummary:
 
 def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
     """Draw, generate, score, count: see the module docstring."""
-    from lamini.evaluate.inference import ROW_INDEX, generate_for_students
+    from lamini.evaluate.inference import generate_for_students, stale_parts, stamp
     from lamini.generate.toxicity import resolve_model
 
     t0 = time.time()
@@ -204,16 +215,20 @@ def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
     students = [s.name for s in cfg.students]
     cont = pa.concat_tables([runs[s].table for s in students], promote_options="default")
 
-    keys = cont.select(["student", ROW_INDEX])
+    reused = [f"continuations/{s}.parquet" for s in students if runs[s].reused]
+    parts = score_parts(cont, cfg)
     old = run.read_table(SCORES) if run.exists(SCORES) else None
-    if old is not None and old.select(["student", ROW_INDEX]).sort_by([("student", "ascending"), (ROW_INDEX, "ascending")]).equals(
-        keys.sort_by([("student", "ascending"), (ROW_INDEX, "ascending")])
-    ):
+    why = stale_parts(old, parts) if old is not None else []
+    if old is not None and not why:
         scored = old
+        reused.append(SCORES)
     else:
+        if old is not None:
+            log.warning("%s was scored for other inputs (%s differ): scoring again", run.uri_of(SCORES), ", ".join(why))
         scored = score_continuations(cont, cfg)
         if scored.num_rows != cont.num_rows:
             raise RuntimeError(f"detoxify scored {scored.num_rows} of {cont.num_rows} continuations")
+        scored = stamp(scored, parts)
         run.write_table(SCORES, scored)
 
     t6 = table6(scored, students, cfg)
@@ -227,7 +242,9 @@ def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
         toxic={s: {g: t6[s][g]["toxic"] for g in GROUPS} for s in students},
         errors=sum(runs[s].errors for s in students),
         wall_s=round(time.time() - t0, 2),
+        missing=sum(runs[s].missing for s in students),
         outputs=outputs,
+        reused=reused,
     )
     mf.write(run, "probe-toxicity", cfg, read=read_counts, sample=counts,
              serving=[runs[s].serving.describe() for s in students], summary=summary.__dict__)  # fmt: skip

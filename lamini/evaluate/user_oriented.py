@@ -23,6 +23,7 @@ yet imported) is counted as `unjudged`, never guessed.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import time
@@ -34,11 +35,13 @@ import pyarrow as pa
 
 from lamini.evaluate import judging
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
-from lamini.evaluate.inference import ROW_INDEX
-from lamini.evaluate.judging import ask_judge, judge_name, request_id, slug
+from lamini.evaluate.inference import ROW_INDEX, digest, stale_parts, stamp, table_digest
+from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, slug
 from lamini.evaluate.sheets import CRITERIA, GRADES
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 # Instructions the paper's downstream tasks (Table 8: NLI, sentiment, summarization) already
 # cover. The paper gives no list, so this is our reading: case-insensitive regexes on the
@@ -164,6 +167,10 @@ def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunD
     lamini.evaluate.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or
     unparseable votes are left out of the majority, and a response with no vote left is unjudged."""
     name, rubric = judge_name(judge), load_rubric(judge.rubric)
+    # The prompt hash in a request id covers rubric and response, not the judge's model or sampling:
+    # the settings' hash goes in too, or a changed judge under the same name would get the replies
+    # the old one stored under run/judges/<judge>/.
+    tag = digest(judge_settings(judge, rubric))[:12]
     rows = responses.to_pylist()
     asked: dict[int, list[str]] = {}  # row -> its request ids, one per vote
     requests = []
@@ -171,7 +178,7 @@ def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunD
         if r["error"] is not None:
             continue
         prompt = rubric.format(instruction=r["instruction"], response=(r["response"] or "").strip())
-        asked[i] = [request_id(r["student"], r["id"], v, prompt=prompt) for v in range(votes)]
+        asked[i] = [request_id(r["student"], r["id"], v, tag, prompt=prompt) for v in range(votes)]
         requests += [{"id": rid, "prompt": prompt} for rid in asked[i]]
     replies = ask_judge(judge, requests, run, f"judges/{slug(name)}", ray_cfg)
     out = []
@@ -276,22 +283,32 @@ class UserOrientedSummary:
                 f"{self.response_errors} failed responses | {self.wall_s:.1f} s -> {self.outputs.get('figure5') or self.outputs.get('sheets')}")  # fmt: skip
 
 
+GRADED_COLUMNS = ["student", "id", "instruction", "response", "error"]  # what run_judge reads
+
+
+def grade_parts(judge: UserJudgeConfig, responses: pa.Table, votes: int) -> dict[str, Any]:
+    """What a stored grades file must match to be reused: the graded responses, the judge's
+    settings and the number of votes."""
+    return {"responses": table_digest(responses.select(GRADED_COLUMNS)),
+            "judge": judge_settings(judge, load_rubric(judge.rubric)), "votes": votes}  # fmt: skip
+
+
 def _llm_grades(cfg: UserOrientedConfig, run: RunDir, responses: pa.Table) -> dict[str, pa.Table]:
-    """Every LLM judge's grades, reusing run/grades/<judge>.parquet when it grades the same
-    responses with the same number of votes (resume)."""
+    """Every LLM judge's grades, reusing run/grades/<judge>.parquet when it graded the same
+    responses with the same judge settings and votes (resume; its stamp says so)."""
     out: dict[str, pa.Table] = {}
-    keys = [(r["student"], r["id"]) for r in responses.select(["student", "id"]).to_pylist()]
     for judge in cfg.judges:
         name = judge_name(judge)
         rel = f"grades/{slug(name)}.parquet"
+        parts = grade_parts(judge, responses, cfg.judge_votes)
         if run.exists(rel):
-            old = run.read_table(rel).to_pylist()
-            same_rows = [(r["student"], r["instruction_id"]) for r in old] == keys
-            if same_rows and all(r["votes"] == "" or r["votes"].count(",") + 1 == cfg.judge_votes for r in old):
-                out[name] = pa.Table.from_pylist(old, schema=GRADE_SCHEMA)
+            why = stale_parts(run.read_table(rel), parts)
+            if not why:
+                out[name] = run.read_table(rel)
                 continue
+            log.warning("%s was graded for other inputs (%s differ): grading again", run.uri_of(rel), ", ".join(why))
         run.makedirs("grades")
-        out[name] = run_judge(judge, responses, cfg.judge_votes, run, cfg.ray)
+        out[name] = stamp(run_judge(judge, responses, cfg.judge_votes, run, cfg.ray), parts)
         run.write_table(rel, out[name])
     return out
 

@@ -7,7 +7,7 @@ in these classes (YAML under configs/ overrides them, `--set key=value` override
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -23,6 +23,11 @@ from lamini.config import (
     TeacherConfig,
 )
 
+
+# Seed formats whose examples are long: the paper asks for 10 instructions per call, not 20.
+LONG_SEED_FORMATS = frozenset({"p3", "flan"})
+# instruction_source of an original corpus answered as is (paper, LaMini-instruction's labels).
+ORIGINAL_SOURCES = {"alpaca": "alpaca", "p3": "original_p3", "flan": "original_flan"}
 
 ALPACA_BLACKLIST = [
     "image", "graph", "picture", "file", "map", "draw", "plot", "go to",
@@ -46,10 +51,21 @@ class GenerationSourceSpec(StrictModel):
     name: str = Field(description="The `instruction_source` label the accepted instructions get.")
     mode: Literal["example", "topic"] = Field(description="Example-guided (Figure 6) or topic-guided (Figure 7).")
     seeds: CorpusSpec = Field(description="Seed corpus the examples are drawn from (examples share source and subset).")
-    per_call: int = Field(20, ge=1, description="Instructions asked for per teacher call (paper: 20 self-instruct, 10 P3/FLAN).")
+    per_call: int = Field(
+        20, ge=1, description="Instructions asked for per teacher call; default as the paper: 10 for P3/FLAN seeds (longer), else 20."
+    )
     examples_per_prompt: int = Field(3, ge=1, description="Seed examples per prompt (paper: 3).")
     target: int = Field(ge=1, description="Unique accepted instructions wanted from this source.")
     topics: TopicsConfig | None = Field(None, description="Topic table; required for mode `topic`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_per_call(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("per_call") is None:
+            seeds = data.get("seeds")
+            fmt = seeds.get("format") if isinstance(seeds, dict) else getattr(seeds, "format", None)
+            data = {**data, "per_call": 10 if fmt in LONG_SEED_FORMATS else 20}
+        return data
 
     @model_validator(mode="after")
     def _topics_for_topic_mode(self) -> "GenerationSourceSpec":
@@ -135,7 +151,8 @@ class DatasetConfig(StrictModel):
         default_factory=list, description="Generated-instruction sources (self_instruct_*, generated_p3, generated_flan)."
     )
     originals: list[CorpusSpec] = Field(
-        default_factory=list, description="Corpora whose own prompts are answered too (alpaca, original_p3, original_flan)."
+        default_factory=list,
+        description="Corpora whose own prompts are answered too; with no `source`, labelled as the paper: alpaca, original_p3, original_flan.",
     )
     teacher: TeacherConfig = Field(default_factory=HFTeacherConfig, description="Teacher for both instructions and responses.")
     instruction_generation: GenerationParams = Field(
@@ -164,3 +181,11 @@ class DatasetConfig(StrictModel):
         )  # fmt: skip
 
     _default_backend = field_validator("teacher", mode="before")(ResponsesConfig._default_backend.__func__)
+
+    @field_validator("originals", mode="after")
+    @classmethod
+    def _paper_labels(cls, specs: list[CorpusSpec]) -> list[CorpusSpec]:
+        return [
+            s.model_copy(update={"source": ORIGINAL_SOURCES[s.format]}) if s.source is None and s.format in ORIGINAL_SOURCES else s
+            for s in specs
+        ]

@@ -43,6 +43,10 @@ CANDIDATE_SCHEMA = pa.schema(
 )
 
 
+# Drop reasons of the filters that run after apply_filters has added a candidate to `seen`.
+AFTER_EXACT_DEDUP = frozenset({"near_duplicate", "over_target"})
+
+
 @dataclass
 class GenerationState:
     """Where instruction generation stands: accepted rows per source, spend, per-round reports."""
@@ -71,9 +75,14 @@ def _load_seeds(specs: list, on_error: str, run: RunDir) -> dict[str, pa.Table]:
 
 
 def _seed_texts(seeds: dict[str, pa.Table]) -> list[str]:
+    """Every seed as the teacher may have seen it and as it may copy it: the joined prompt
+    ("instruction:input") and the bare instruction (what self-instruct/Alpaca-format examples show).
+    With the prompt alone, a word-for-word copy of a seed instruction whose input is long scores
+    ROUGE-L <= 0.7 against it and would pass both the exact and the near-duplicate filter."""
     texts: list[str] = []
     for t in seeds.values():
-        texts.extend(t.column("prompt").to_pylist())
+        for instruction, prompt in zip(t.column("instruction").to_pylist(), t.column("prompt").to_pylist()):
+            texts.extend(x for x in (prompt, instruction) if x and x.strip())
     return list(dict.fromkeys(texts))
 
 
@@ -134,6 +143,55 @@ def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str]
     return kept, dropped_all, counts, near_report
 
 
+def _prompt_tokens_bound(tables: dict[str, pa.Table], state: GenerationState) -> float:
+    """Prompt tokens one request of this round is taken to cost: the most per request that an
+    earlier round measured, else (round 0) the longest prompt's characters / 3 (English BPE
+    averages about 4 characters a token, so this errs high)."""
+    # usage comes with answered requests only: per answer, not per attempt (retries carry none)
+    measured = [r["prompt_tokens"] / r["outputs_ok"] for r in state.rounds if r.get("outputs_ok") and "prompt_tokens" in r]
+    if measured:
+        return max(measured)
+    longest = max((len(p) for t in tables.values() for p in t.column("prompt").to_pylist()), default=0)
+    return longest / 3
+
+
+def size_round(
+    wanted: dict[str, int], budget: Any, state: GenerationState, prompt_tokens: float, max_tokens: int
+) -> tuple[dict[str, int], str | None]:
+    """How many prompts each short source sends this round, within what is left of the budget:
+    ({source: prompts}, None), or ({}, stop reason) when not one more request fits.
+
+    The whole round is sized before it is sent, for every source together (sizing each source
+    against the same remainder let k short sources spend k times it). A request is charged its
+    prompt estimate plus `max_tokens` (the most the teacher may write), so the token budget is
+    not overrun unless prompts are longer than estimated. Each prompt is charged one request;
+    the spent count adds the round's attempts afterwards, so retries can take it past the cap
+    by their number. When the budget is short, prompts are dealt one per source in turn, so
+    every short source keeps progressing.
+    """
+    cap: float = math.inf
+    if budget.max_requests is not None:
+        cap = budget.max_requests - state.requests
+        if cap <= 0:
+            return {}, "request budget spent"
+    if budget.max_tokens is not None:
+        per_request = math.ceil(prompt_tokens) + max_tokens
+        by_tokens = (budget.max_tokens - state.tokens) // per_request
+        if by_tokens <= 0:
+            return {}, "token budget spent"
+        cap = min(cap, by_tokens)
+    if sum(wanted.values()) <= cap:
+        return dict(wanted), None
+    sizes = dict.fromkeys(wanted, 0)
+    left = int(cap)
+    while left:
+        for name, n in wanted.items():
+            if left and sizes[name] < n:
+                sizes[name] += 1
+                left -= 1
+    return sizes, None
+
+
 def generate_instructions(cfg: Any) -> GenerationState:
     """Run (or resume) generation rounds under cfg.run_dir/instructions until targets or budget;
     returns the state. cfg: an InstructionsConfig (`lamini dataset` passes
@@ -161,6 +219,12 @@ def generate_instructions(cfg: Any) -> GenerationState:
                     {k: r[k] for k in CANDIDATE_SCHEMA.names}
                 )
                 seen.add(normalize(r["instruction"]))
+            # Candidates that passed the exact-dedup pass but were dropped after it (near duplicate,
+            # over target) are in `seen` in an unbroken run too: a resumed run must hold them alike.
+            if run.exists(rdir, "dropped.parquet"):
+                for r in run.read_table(f"{rdir}/dropped.parquet").select(["instruction", "drop_reason"]).to_pylist():
+                    if r["drop_reason"] in AFTER_EXACT_DEDUP:
+                        seen.add(normalize(r["instruction"]))
             state.rounds.append(report)
             state.requests += report["requests"]
             state.tokens += report["tokens"]
@@ -169,23 +233,16 @@ def generate_instructions(cfg: Any) -> GenerationState:
         if not short:
             state.stop_reason = "targets reached"
             break
-        if budget.max_requests is not None and state.requests >= budget.max_requests:
-            state.stop_reason = "request budget spent"
+        wanted = {s.name: max(1, math.ceil((s.target - state.count(s.name)) * cfg.overgenerate / s.per_call)) for s in short}
+        tables = {
+            s.name: build_prompts(s, seeds[s.name], wanted[s.name], seed=cfg.seed, round=round_no, topics=topics.get(s.name))
+            for s in short
+        }  # fmt: skip
+        sizes, stop = size_round(wanted, budget, state, _prompt_tokens_bound(tables, state), cfg.generation.max_tokens)
+        if stop:
+            state.stop_reason = stop
             break
-        if budget.max_tokens is not None and state.tokens >= budget.max_tokens:
-            state.stop_reason = "token budget spent"
-            break
-
-        prompt_tables = []
-        for s in short:
-            missing = s.target - state.count(s.name)
-            n_prompts = max(1, math.ceil(missing * cfg.overgenerate / s.per_call))
-            if budget.max_requests is not None:
-                n_prompts = min(n_prompts, budget.max_requests - state.requests)
-            prompt_tables.append(
-                build_prompts(s, seeds[s.name], n_prompts, seed=cfg.seed, round=round_no, topics=topics.get(s.name))
-            )
-        prompts = pa.concat_tables(prompt_tables)
+        prompts = pa.concat_tables([tables[name].slice(0, n) for name, n in sizes.items() if n])
         log.info("round %d: %d prompts for %s", round_no, prompts.num_rows, [s.name for s in short])
         round_run = RunDir(run.uri_of(rdir))
         done = answer_table(
@@ -215,6 +272,7 @@ def generate_instructions(cfg: Any) -> GenerationState:
             "near_dup": {k: v for k, v in near_report.items() if isinstance(v, (int, float, str))},
             "requests": done.counts.requests,
             "tokens": spent_tokens,
+            "prompt_tokens": done.counts.prompt_tokens,
         }
         state.requests += done.counts.requests
         state.tokens += spent_tokens

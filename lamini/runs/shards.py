@@ -136,6 +136,14 @@ def _project(t: pa.Table, mapping: list[tuple[str, str]]) -> pa.Table:
     return pa.table(dict(zip(names, cols)))
 
 
+_NUMERIC = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "attempts": pa.int64(), "latency_s": pa.float64()}
+
+
+def _empty(mapping: list[tuple[str, str]]) -> pa.Table:
+    """The output columns of `mapping` with no rows (when no shard exists to take types from)."""
+    return pa.schema([(out, _NUMERIC.get(out, pa.string())) for out, _ in mapping]).empty_table()
+
+
 @dataclass
 class FinalCounts:
     ok: int = 0
@@ -156,7 +164,11 @@ def finalize(run: RunDir, input_ids: set[str], index: ShardIndex | None = None) 
     idx = index if index is not None else scan_shards(run)
     counts = FinalCounts()
     run.makedirs("dataset")
-    if idx.keys is None:
+    if idx.keys is None:  # no shard at all (e.g. every input row rejected): both files, empty
+        for name, mapping in (("responses.parquet", RESPONSE_COLUMNS), ("errors.parquet", ERROR_COLUMNS)):
+            tmp = run.path("dataset", name + ".tmp")
+            pq.write_table(_empty(mapping), tmp, filesystem=run.fs)
+            run.fs.move(tmp, run.path("dataset", name))
         counts.missing = len(input_ids)
         return counts
     winners = _winners(idx, input_ids)

@@ -67,9 +67,10 @@ class _TeacherUDFBase:
 
         from lamini.teachers import make_teacher
 
-        # The teacher reads its key from the environment; put the driver's there (see Secret).
+        # The teacher reads its key from the environment; put the driver's there (see Secret). It
+        # wins over a variable of that name a worker node happens to have: the job runs as configured.
         for name, secret in (secrets or {}).items():
-            os.environ.setdefault(name, secret.get())
+            os.environ[name] = secret.get()
 
         self.teacher = make_teacher(teacher_cfg, share)
         self.gen = gen

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import ipaddress
 import json
 import logging
@@ -362,10 +363,14 @@ class OpenAITeacher:
         )
         common: dict[str, Any] = dict(api_key=self._key() or "", max_retries=0, timeout=self.cfg.timeout_s,
                                       http_client=http_client)
+        cls = openai.AsyncAzureOpenAI if self.cfg.api_type == "azure" else openai.AsyncOpenAI
+        # A keyless endpoint (a local vLLM/SGLang server) is legitimate: newer clients refuse an empty
+        # key unless told not to enforce credentials; older ones (openai 1.x) have no such argument.
+        if "_enforce_credentials" in inspect.signature(cls.__init__).parameters:
+            common["_enforce_credentials"] = False
         if self.cfg.api_type == "azure":
-            return openai.AsyncAzureOpenAI(azure_endpoint=self.cfg.base_url.rstrip("/"),
-                                           api_version=self.cfg.api_version, _enforce_credentials=False, **common)
-        return openai.AsyncOpenAI(base_url=self.cfg.base_url, _enforce_credentials=False, **common)
+            return cls(azure_endpoint=self.cfg.base_url.rstrip("/"), api_version=self.cfg.api_version, **common)
+        return cls(base_url=self.cfg.base_url, **common)
 
     async def _send_openai(self, client: Any, payload: dict[str, Any]) -> ChatResult | _Failure:
         import openai

@@ -52,7 +52,8 @@ class TrainDataConfig(StrictModel):
     truncation_side: Literal["right", "left"] = Field(
         "right",
         description="Decoder-only, over max_length: `right` cuts the end of the response, `left` the start of the "
-        "prompt (the response is kept). Encoder-decoder: which side of the instruction is cut.",
+        "prompt (the response is kept, and a BOS the tokenizer adds stays first). Encoder-decoder: which side of "
+        "the instruction is cut (the target is cut at its end); EOS stays last in both.",
     )
     packing: bool = Field(
         False, description="Decoder-only: pack several examples into each max_length sequence (no padding)."
@@ -140,7 +141,10 @@ class TrainConfig(StrictModel):
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train workers.")
     log_every_n_steps: int = Field(10, ge=1, description="Report loss, tokens/s and learning rate every N steps.")
     checkpoint_every_n_steps: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
-    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept in storage.")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Newest checkpoints kept in storage (a tune trial keeps its best ones by the ASHA "
+        "metric, and the newest as well)."
+    )
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the latest checkpoint (FailureConfig).")
     export: bool = Field(True, description="Write the final Hugging Face model folder (run_dir/model) at the end.")
     export_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -51,6 +51,28 @@ def _eos_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
+def _leading_specials(special_mask: list[int]) -> int:
+    """How many special tokens the tokenizer put before the text (BOS: 1; GPT-2, SmolLM2: 0)."""
+    n = 0
+    while n < len(special_mask) and special_mask[n]:
+        n += 1
+    return n
+
+
+def _truncate_keeping_specials(ids: list[int], special_mask: list[int], max_len: int, side: str) -> list[int]:
+    """ids cut to max_len on `side`, keeping the special tokens added in front (BOS) and at the end (EOS)."""
+    if len(ids) <= max_len:
+        return ids
+    head = _leading_specials(special_mask)
+    tail = _leading_specials(special_mask[head:][::-1])
+    keep = max_len - head - tail
+    if keep <= 0:  # no room for any text: a plain cut
+        return ids[-max_len:] if side == "left" else ids[:max_len]
+    body = ids[head : len(ids) - tail]
+    body = body[-keep:] if side == "left" else body[:keep]
+    return ids[:head] + body + ids[len(ids) - tail :]
+
+
 def encode_decoder(
     instruction: str,
     response: str,
@@ -71,7 +93,7 @@ def encode_decoder(
     text = prompt + response
     eos = _eos_id(tokenizer)
     if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True)
         ids = list(enc["input_ids"])
         is_response = []
         for start, end in enc["offset_mapping"]:
@@ -80,9 +102,11 @@ def encode_decoder(
             # Special tokens (BOS) have empty offsets at 0: they belong to the prompt.
             is_response.append(end > start >= len(prompt))
     else:  # slow tokenizers have no offsets: the prompt's own length, as Alpaca's train.py does
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        enc = tokenizer(text, return_special_tokens_mask=True, add_special_tokens=True)
+        ids = list(enc["input_ids"])
         n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
         is_response = [i >= n_prompt for i in range(len(ids))]
+    n_head = _leading_specials(enc["special_tokens_mask"])  # a BOS the tokenizer put first (Llama's)
     if ids and ids[-1] == eos:  # tokenizers that append EOS themselves
         ids, is_response = ids[:-1], is_response[:-1]
     ids.append(eos)
@@ -91,7 +115,12 @@ def encode_decoder(
     if len(ids) > max_length:
         stats.truncated += 1
         if truncation_side == "left":
-            ids, labels = ids[-max_length:], labels[-max_length:]
+            # Cut the start of the prompt but keep the BOS in front: the model was pretrained on
+            # sequences that begin with it. Right truncation keeps Alpaca's behaviour (the EOS is
+            # text at the end and goes with the cut response: a cut response should not learn to stop).
+            n_head = min(n_head, max_length - 1)
+            tail = max_length - n_head
+            ids, labels = ids[:n_head] + ids[-tail:], labels[:n_head] + labels[-tail:]
         else:
             ids, labels = ids[:max_length], labels[:max_length]
     if all(x == IGNORE_INDEX for x in labels):
@@ -109,15 +138,21 @@ def encode_seq2seq(
     truncation_side: str = "right",
     stats: EncodeStats | None = None,
 ) -> Example | None:
-    """Raw instruction as source, response as target (T5's tokenizer appends EOS to both)."""
+    """Raw instruction as source, response as target (T5's tokenizer appends EOS to both).
+
+    Truncation cuts the text but keeps the special tokens the tokenizer added at either end, as
+    the tokenizer's own `truncation=True` does: a cut target still ends with EOS (T5 is trained
+    to emit it; without it the model learns to run on), and a cut source keeps its EOS (or BOS).
+    """
     stats = stats if stats is not None else EncodeStats()
     stats.rows += 1
-    src = list(tokenizer(instruction, add_special_tokens=True)["input_ids"])
-    tgt = list(tokenizer(text_target=response, add_special_tokens=True)["input_ids"])
+    src_enc = tokenizer(instruction, add_special_tokens=True, return_special_tokens_mask=True)
+    tgt_enc = tokenizer(text_target=response, add_special_tokens=True, return_special_tokens_mask=True)
+    src, tgt = list(src_enc["input_ids"]), list(tgt_enc["input_ids"])
     if len(src) > max_source_length or len(tgt) > max_target_length:
         stats.truncated += 1
-    src = src[-max_source_length:] if truncation_side == "left" else src[:max_source_length]
-    tgt = tgt[:max_target_length]
+    src = _truncate_keeping_specials(src, src_enc["special_tokens_mask"], max_source_length, truncation_side)
+    tgt = _truncate_keeping_specials(tgt, tgt_enc["special_tokens_mask"], max_target_length, "right")
     if not tgt:
         stats.dropped_no_labels += 1
         return None
@@ -167,12 +202,23 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def batch_tokens(batch: dict[str, Any]) -> int:
-    """Tokens the model processed in a batch, padding excluded (encoder + decoder for seq2seq)."""
+def batch_token_split(batch: dict[str, Any], encoder_decoder: bool) -> tuple[int, int]:
+    """(encoder tokens, decoder tokens) of a batch, padding excluded; (0, all) for decoder-only.
+
+    The two differ in cost for an encoder-decoder model (each runs through its own stack), so
+    FLOPs are counted per side (lamini.train.flops.train_flops). The family is passed, not read off
+    the tensors: a seq2seq batch whose longest source and target have the same length (both cut
+    at equal max lengths, say) has labels shaped like its input_ids.
+    """
     n = int(batch["attention_mask"].sum())
-    if batch["labels"].shape != batch["input_ids"].shape:  # seq2seq: decoder tokens too
-        n += int((batch["labels"] != IGNORE_INDEX).sum())
-    return n
+    if encoder_decoder:  # source in the encoder, target (labels, which include EOS) in the decoder
+        return n, int((batch["labels"] != IGNORE_INDEX).sum())
+    return 0, n
+
+
+def batch_tokens(batch: dict[str, Any], encoder_decoder: bool = False) -> int:
+    """Tokens the model processed in a batch, padding excluded (encoder + decoder for seq2seq)."""
+    return sum(batch_token_split(batch, encoder_decoder))
 
 
 class ExampleEncoder:
@@ -191,6 +237,17 @@ class ExampleEncoder:
         return encode_seq2seq(
             instruction, response, self.tokenizer, c.max_source_length, c.max_target_length, c.truncation_side, self.stats
         )
+
+    def measure(self, rows: Iterable[tuple[str, str]]) -> tuple[int, int]:
+        """(examples kept, their tokens) of rows, before packing: what lamini.train.loop.epoch_sequences
+        turns into the sequences an epoch gives (rows dropped by truncation are not counted)."""
+        kept = tokens = 0
+        for i, r in rows:
+            ex = self(i, r)
+            if ex is not None:
+                kept += 1
+                tokens += len(ex.input_ids)
+        return kept, tokens
 
     def examples(self, rows: Iterable[tuple[str, str]]) -> Iterator[Example]:
         out = (self(i, r) for i, r in rows)

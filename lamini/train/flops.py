@@ -1,4 +1,14 @@
-"""Model FLOPs utilisation: 6·N·tokens / time / peak FLOP/s of the devices.
+"""Model FLOPs utilisation: training FLOPs / time / peak FLOP/s of the devices.
+
+Training FLOPs are the usual 6 per parameter per token (forward 2, backward 4; attention's
+sequence-length term left out). A decoder-only model runs every token through all N parameters:
+6·N·tokens. An encoder-decoder model runs source tokens through the encoder only and target
+tokens through the decoder only, so it is 6·N_enc·source_tokens + 6·N_dec·target_tokens
+(param_split): charging N_enc + N_dec to both kinds of token, as 6·N·(source + target) does,
+overstates it about twice. The split is an approximation: the decoder's cross-attention
+projects the encoder's output once per source token, not per target token, but its parameters
+are counted with the decoder; the shared token embedding is counted once, with the decoder
+(where, tied, it is the output layer; in the encoder it is only a lookup).
 
 Peak is the device's dense spec for known GPUs (the MFU convention of PaLM and Megatron), and
 on a CPU the throughput of a large fp32 matmul measured on the spot, since CPUs publish no
@@ -49,7 +59,45 @@ def device_peak_flops(precision: str, override_tflops: float | None = None) -> t
     return measure_cpu_peak_flops(), "measured:cpu-fp32-matmul"
 
 
-def mfu(n_params: int, tokens_per_s: float, peak_flops_per_device: float, devices: int) -> float | None:
+def _numel(p) -> int:
+    return int(getattr(p, "ds_numel", 0) or p.numel())  # ZeRO-3 partitions: ds_numel is the full size
+
+
+def param_split(model) -> tuple[int, int]:
+    """(encoder, decoder) parameters of an encoder-decoder model; (0, all) for a decoder-only one.
+
+    Decoder: everything outside the encoder (decoder stack with its cross-attention, LM head) plus
+    what the encoder shares with it (T5's `shared` embedding), so the two add up to all parameters.
+    """
+    total = sum(_numel(p) for p in model.parameters())  # parameters() lists a shared tensor once
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):
+        return 0, total
+    encoder = model.get_encoder()
+    outside: set[int] = set()  # ids of parameters reachable without entering the encoder
+
+    def walk(module) -> None:
+        if module is encoder:
+            return
+        outside.update(id(p) for p in module.parameters(recurse=False))
+        for child in module.children():
+            walk(child)
+
+    walk(model)
+    n_enc = sum(_numel(p) for p in encoder.parameters() if id(p) not in outside)
+    return n_enc, total - n_enc
+
+
+def train_flops(n_encoder: int, n_decoder: int, encoder_tokens: int, decoder_tokens: int) -> float:
+    """6·N_enc·encoder tokens + 6·N_dec·decoder tokens (decoder-only: n_encoder = 0, so 6·N·tokens)."""
+    return 6.0 * (n_encoder * encoder_tokens + n_decoder * decoder_tokens)
+
+
+def flops_utilisation(flops_per_s: float, peak_flops_per_device: float, devices: int) -> float | None:
     if peak_flops_per_device <= 0:
         return None
-    return 6.0 * n_params * tokens_per_s / (peak_flops_per_device * devices)
+    return flops_per_s / (peak_flops_per_device * devices)
+
+
+def mfu(n_params: int, tokens_per_s: float, peak_flops_per_device: float, devices: int) -> float | None:
+    """MFU of a decoder-only model (every token through all n_params); see train_flops for encoder-decoder."""
+    return flops_utilisation(6.0 * n_params * tokens_per_s, peak_flops_per_device, devices)

@@ -99,11 +99,16 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     from lamini.train.config import TrainConfig
     from lamini.train.data import (
         ExampleEncoder,
-        batch_tokens,
+        batch_token_split,
         micro_batches,
         pad_token_id,
     )
-    from lamini.train.flops import device_peak_flops, mfu
+    from lamini.train.flops import (
+        device_peak_flops,
+        flops_utilisation,
+        param_split,
+        train_flops,
+    )
     from lamini.train.models import count_params, load_student, load_tokenizer
     from lamini.train.strategy import (
         DeepSpeedStrategy,
@@ -130,6 +135,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     n_params = count_params(model)
+    n_enc, n_dec = param_split(model)  # encoder-decoder: source and target tokens cost differently
+    seq2seq = family == "encoder-decoder"
     engine = strategy.setup(model, cfg.optim.weight_decay)
     device = engine.device
     peak, peak_source = device_peak_flops(precision, cfg.peak_tflops)
@@ -147,13 +154,15 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     pad_id = pad_token_id(tokenizer)
     accum = cfg.grad_accum_steps
-    window = {"loss": 0.0, "micro": 0, "tokens": 0, "steps": 0}
+    window = {"loss": 0.0, "micro": 0, "tokens": 0, "flops": 0.0, "steps": 0}
     t_window = time.perf_counter()
     t_start = time.perf_counter()
 
     def report(step: int, final: bool) -> None:
         nonlocal t_window
-        loss_sum, n_micro, tokens = _all_sum([float(window["loss"]), window["micro"], window["tokens"]], world, device)
+        loss_sum, n_micro, tokens, flops = _all_sum(
+            [float(window["loss"]), window["micro"], window["tokens"], window["flops"]], world, device
+        )
         dt = time.perf_counter() - t_window
         state.tokens_seen += int(tokens)
         tps = tokens / dt if dt > 0 else 0.0
@@ -167,8 +176,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "tokens_seen": state.tokens_seen,
             "window_steps": window["steps"],
             "window_s": dt,
-            "mfu": mfu(n_params, tps, peak, world),
+            "mfu": flops_utilisation(flops / dt, peak, world) if dt > 0 else None,
             "n_params": n_params,
+            "n_params_encoder": n_enc,
             "peak_flops_source": peak_source,
         }
         save = final or step % cfg.checkpoint_every_n_steps == 0
@@ -183,7 +193,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if run is not None:  # after the report: a "checkpoint" entry in the file is one already stored
             run.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
-        window.update(loss=0.0, micro=0, tokens=0, steps=0)
+        window.update(loss=0.0, micro=0, tokens=0, flops=0.0, steps=0)
         t_window = time.perf_counter()
 
     encoder = ExampleEncoder(tokenizer, family, cfg.data)
@@ -195,7 +205,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         stepped = False
         for group in _synced_steps(micro, accum, world, device):
             for mb in group:
-                window["tokens"] += batch_tokens(mb)  # counted on the host: no GPU sync
+                enc_tokens, dec_tokens = batch_token_split(mb, seq2seq)  # counted on the host: no GPU sync
+                window["tokens"] += enc_tokens + dec_tokens
+                window["flops"] += train_flops(n_enc, n_dec, enc_tokens, dec_tokens)
                 mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
                 loss = engine(**mb).loss
                 engine.backward(loss)
@@ -257,18 +269,38 @@ def _export(cfg, strategy, engine, tokenizer, precision: str, run) -> None:
     print(f"lamini train: exported the {dtype} model to {run.uri_of('model')}", flush=True)
 
 
-def plan_steps(n_rows: int, cfg: Any) -> tuple[int, float]:
-    """(total optimiser steps, epochs to iterate) for the data size and config.
+def epoch_sequences(kept_examples: int, example_tokens: int, cfg: Any, family: str) -> int:
+    """Training sequences one epoch gives, over all workers, from the examples its rows encode to.
 
-    Each worker's shard holds n_rows / workers rows; a step takes global_batch_size of them.
-    With max_steps the epochs are unbounded (the data repeats until the step count is reached).
+    Without packing each kept example is a sequence (rows whose truncation left nothing to learn
+    are already left out). With packing each worker concatenates its own examples and cuts
+    max_length sequences, the last one partial: Ray Train splits the rows equally (streaming_split
+    with equal=True), so a worker packs about 1/workers of the tokens into
+    ceil(tokens / workers / max_length) sequences. The real shares differ by a few rows, so a
+    worker may run out a step early (the epoch then ends there; see _synced_steps).
     """
-    steps_per_epoch = n_rows // cfg.global_batch_size
+    if not (cfg.data.packing and family == "decoder"):
+        return kept_examples
+    workers = cfg.scaling.num_workers
+    return workers * math.ceil(example_tokens / workers / cfg.data.max_length)
+
+
+def plan_steps(n_sequences: int, cfg: Any) -> tuple[int, float]:
+    """(total optimiser steps, epochs to iterate) for the sequences an epoch gives and the config.
+
+    n_sequences counts what the workers train on (epoch_sequences: packed sequences with packing,
+    rows left after truncation drops), not input rows: with packing there are several times fewer,
+    and counting rows would plan steps that the epochs never reach, so the cosine schedule would
+    stop before it decays. Each worker's shard holds n_sequences / workers; a step takes
+    global_batch_size of them. With max_steps the epochs are unbounded (the data repeats until
+    the step count is reached).
+    """
+    steps_per_epoch = n_sequences // cfg.global_batch_size
     if cfg.max_steps:
         return cfg.max_steps, math.inf
     if steps_per_epoch == 0:
         raise ValueError(
-            f"{n_rows} training rows are fewer than one global batch ({cfg.global_batch_size}); "
-            "lower global_batch_size or add data"
+            f"the data gives {n_sequences} training sequences per epoch, fewer than one global batch "
+            f"({cfg.global_batch_size}); lower global_batch_size or add data"
         )
     return max(1, int(steps_per_epoch * cfg.epochs)), math.ceil(cfg.epochs)

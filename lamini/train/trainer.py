@@ -2,6 +2,7 @@
 
 Layout of a training run (run_dir/name, local path or URI; Ray Train's own files live here too):
     checkpoint_*/          resumable DeepSpeed checkpoints (every rank's shards), newest `keep_checkpoints`
+                           (tune trials: the best `keep_checkpoints` by the ASHA metric, and the newest)
     metrics.jsonl          one line per report: step, epoch, loss, lr, tokens/s, MFU
     model/                 the exported Hugging Face folder (weights consolidated, tokenizer included)
     report/loss.png        loss and learning-rate curves
@@ -45,6 +46,13 @@ class TrainSummary:
         )
 
 
+def _with_response(table):
+    """The rows whose response is neither null nor empty (a comparison with null is null: dropped)."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.not_equal(table["response"], ""))
+
+
 def build_dataset(cfg: Any):
     """Ray Dataset with columns (instruction, response) from the configured corpora.
 
@@ -53,7 +61,6 @@ def build_dataset(cfg: Any):
     Rows without a response cannot teach anything and are left out.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     import ray.data
 
     from lamini.corpus import RejectLog, read_corpora
@@ -63,20 +70,109 @@ def build_dataset(cfg: Any):
     for spec in cfg.data.corpora:
         if spec.format == "lamini":
             ds = ray.data.read_parquet(spec.path, columns=["instruction", "response"])
+            ds = ds.map_batches(_with_response, batch_format="pyarrow")  # fused into the read tasks
             parts.append(ds.limit(spec.limit) if spec.limit else ds)
     if others:
         table = read_corpora(others, on_error="raise", rejects=RejectLog())
-        table = table.filter(pc.and_(pc.is_valid(table["response"]), pc.not_equal(table["response"], "")))
         table = pa.table({"instruction": table["prompt"], "response": table["response"]})
-        parts.append(ray.data.from_arrow(table))
+        parts.append(ray.data.from_arrow(_with_response(table)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     if cfg.data.limit:
         ds = ds.limit(cfg.data.limit)
     return ds
 
 
-def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks: list | None = None):
-    """(TorchTrainer, loop config) for a TrainConfig and its dataset."""
+# Per Ray worker process: the encoder count_sequences built for a config (Ray reuses the
+# processes across tasks, so a tokenizer is loaded once per process, not once per batch).
+_ENCODERS: dict[tuple[str, str], Any] = {}
+
+
+def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
+    """One Ray Data batch of rows -> one row: (examples kept, their tokens)."""
+    import numpy as np
+
+    from lamini.train.config import TrainConfig
+    from lamini.train.data import ExampleEncoder
+    from lamini.train.models import load_tokenizer
+
+    key = (config_json, family)
+    if key not in _ENCODERS:
+        cfg = TrainConfig.model_validate_json(config_json)
+        _ENCODERS[key] = ExampleEncoder(load_tokenizer(cfg.model), family, cfg.data)
+    rows = zip(batch.column("instruction").to_pylist(), batch.column("response").to_pylist())
+    kept, tokens = _ENCODERS[key].measure(rows)
+    return {"kept": np.array([kept], dtype=np.int64), "tokens": np.array([tokens], dtype=np.int64)}
+
+
+def count_sequences(dataset, cfg: Any, family: str) -> int:
+    """Training sequences one epoch gives the workers (lamini.train.loop.epoch_sequences).
+
+    Encodes every row once, as the workers will, in parallel Ray Data tasks, and sums the examples
+    kept and their tokens: the step plan of an epochs run must count packed sequences and leave
+    out the rows truncation drops, which the row count cannot tell. Costs one extra tokenisation
+    pass over the data (small next to the epochs of training); max_steps runs skip it.
+    """
+    from lamini.train.loop import epoch_sequences
+
+    parts = dataset.map_batches(
+        _measure_batch,
+        fn_kwargs={"config_json": cfg.model_dump_json(), "family": family},
+        batch_format="pyarrow",
+        batch_size=2048,
+    )
+    kept = tokens = 0
+    for row in parts.iter_rows():
+        kept += int(row["kept"])
+        tokens += int(row["tokens"])
+    return epoch_sequences(kept, tokens, cfg, family)
+
+
+def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
+    """LaMini Parquet streams through Ray Data read tasks while the workers train: if the workers
+    take every CPU of the cluster, those tasks never start and training waits forever (measured
+    on a 2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
+    may still add a node."""
+    import ray
+
+    if not any(s.format == "lamini" for s in cfg.data.corpora):
+        return
+    total = float(ray.cluster_resources().get("CPU", 0))
+    taken = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if total - taken < 1:
+        msg = (f"lamini train: the {cfg.scaling.num_workers} workers take {taken:g} of the cluster's {total:g} CPUs; "
+               "Ray Data needs at least one more to read the Parquet data, or training waits for it. "
+               "Lower scaling.cpus_per_worker or add a node.")  # fmt: skip
+        log.warning(msg)
+        print(msg, flush=True)
+
+
+def checkpoint_config(cfg: Any, score: tuple[str, str] | None = None):
+    """Ray Train's CheckpointConfig: the newest keep_checkpoints, or the best by a reported metric.
+
+    score = (metric, "min" or "max"), for a tune trial: its best checkpoint is the one worth
+    keeping, and ordering by step would delete it once keep_checkpoints newer ones exist. Ray
+    Train (V2) never deletes the latest checkpoint either way, so a restart still resumes from
+    the newest state.
+    """
+    import ray.train
+
+    metric, mode = score or ("step", "max")
+    return ray.train.CheckpointConfig(
+        num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+    )
+
+
+def build_trainer(
+    cfg: Any,
+    dataset,
+    run_root_name: str | None = None,
+    callbacks: list | None = None,
+    checkpoint_score: tuple[str, str] | None = None,
+):
+    """(TorchTrainer, loop config) for a TrainConfig and its dataset.
+
+    checkpoint_score: (metric, mode) to keep the best checkpoints by, instead of the newest.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -91,7 +187,9 @@ def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks
 
     family = resolve_family(cfg.model)
     n_rows = dataset.count()
-    total_steps, max_epochs = plan_steps(n_rows, cfg)
+    # Epochs runs plan their steps from the sequences the workers will see; max_steps runs need no count.
+    n_sequences = None if cfg.max_steps else count_sequences(dataset, cfg, family)
+    total_steps, max_epochs = plan_steps(n_rows if n_sequences is None else n_sequences, cfg)
     name = run_root_name or cfg.name
     storage = RunDir(cfg.run_dir)
     run_root = storage.uri_of(name)
@@ -99,6 +197,7 @@ def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks
     resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
     if sc.use_gpu:
         resources["GPU"] = 1
+    _warn_if_no_cpu_left_for_reading(cfg)
     loop_cfg = {
         "config": cfg.model_dump(mode="json"),
         "family": family,
@@ -107,6 +206,7 @@ def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks
         "lr": cfg.optim.lr or DEFAULT_LR[family],
         "run_root": run_root,
         "rows": n_rows,
+        "sequences_per_epoch": n_sequences,
         "fault": fault_injection_from_env(),
     }
     trainer = TorchTrainer(
@@ -124,9 +224,7 @@ def build_trainer(cfg: Any, dataset, run_root_name: str | None = None, callbacks
             name=name,
             storage_path=storage.uri,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="step", checkpoint_score_order="max"
-            ),
+            checkpoint_config=checkpoint_config(cfg, checkpoint_score),
             callbacks=callbacks,
         ),
     )
@@ -221,6 +319,7 @@ def run_train(cfg: Any) -> TrainSummary:
         family=loop_cfg["family"],
         lr=loop_cfg["lr"],
         rows=loop_cfg["rows"],
+        sequences_per_epoch=loop_cfg["sequences_per_epoch"],
         total_steps=loop_cfg["total_steps"],
         latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
         summary=asdict(summary),

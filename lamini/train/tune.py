@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +46,31 @@ def apply_params(train: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def best_checkpoint(
+    rows: list[dict[str, Any]], metric: str, mode: str, exists: Callable[[str], bool]
+) -> dict[str, Any] | None:
+    """The best reported checkpoint still in storage: {"path", "step", "metric", "value"}, or None.
+
+    rows are a trial's reports (Tune's metrics dataframe); those that carried a checkpoint have its
+    checkpoint_path. Trials keep their best checkpoints by this metric (build_trainer's
+    checkpoint_score) and Ray Train also keeps the newest, so the best one is normally on disk;
+    checking is what makes the answer sure whatever Ray deleted (ties, NaN, keep_checkpoints).
+    Ties go to the later step, as Ray's own ordering does.
+    """
+    sign = 1.0 if mode == "min" else -1.0
+    best = None
+    for r in rows:
+        path, value = r.get("checkpoint_path"), r.get(metric)
+        if not isinstance(path, str) or not isinstance(value, numbers.Real) or math.isnan(value):
+            continue
+        if best is not None and sign * value > sign * best["value"]:
+            continue
+        if not exists(path):  # deleted by Ray's num_to_keep
+            continue
+        best = {"path": path, "step": r.get("step"), "metric": metric, "value": value}
+    return best
+
+
 def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -53,7 +80,10 @@ def _trial(config: dict[str, Any]) -> None:
 
     cfg = TrainConfig.model_validate(apply_params(config["train"], config["params"]))
     name = f"trial_{ray.tune.get_context().get_trial_id()}"
-    trainer, _ = build_trainer(cfg, build_dataset(cfg), run_root_name=name, callbacks=[TuneReportCallback()])
+    trainer, _ = build_trainer(
+        cfg, build_dataset(cfg), run_root_name=name, callbacks=[TuneReportCallback()],
+        checkpoint_score=config["checkpoint_score"],  # keep the best checkpoints, not only the newest
+    )
     trainer.fit()
 
 
@@ -72,6 +102,7 @@ def search_space(cfg: Any) -> dict[str, Any]:
 
 
 def run_tune(cfg: Any) -> TuneSummary:
+    import pyarrow.fs as pafs
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -90,7 +121,7 @@ def run_tune(cfg: Any) -> TuneSummary:
     tuner = tune.Tuner(
         # Tune refuses an empty request; a sliver of a CPU leaves the cores to the trial's workers.
         tune.with_resources(_trial, {"cpu": 0.01}),
-        param_space={"train": train, "params": search_space(cfg)},
+        param_space={"train": train, "params": search_space(cfg), "checkpoint_score": [a.metric, a.mode]},
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(
                 time_attr="step",
@@ -107,11 +138,13 @@ def run_tune(cfg: Any) -> TuneSummary:
     )
     grid = tuner.fit()
     summary = TuneSummary(run_dir=rd.uri)
+
+    def exists(path: str) -> bool:  # checkpoint paths are on the trials' storage filesystem, rd.fs
+        return rd.fs.get_file_info(path).type == pafs.FileType.Directory
+
     for result in grid:
         df = result.metrics_dataframe
         rows = df.to_dict("records") if df is not None else []
-        with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str)]
-        best_row = min(with_ckpt, key=lambda r: r[a.metric] * (1 if a.mode == "min" else -1)) if with_ckpt else None
         last = result.metrics or {}
         trial = {
             "trial_id": last.get("trial_id"),
@@ -120,8 +153,7 @@ def run_tune(cfg: Any) -> TuneSummary:
             "loss": last.get(a.metric),
             "stopped_early": last.get("step", 0) < last.get("total_steps", 0),
             "history": [{"step": r.get("step"), a.metric: r.get(a.metric)} for r in rows],
-            "best_checkpoint": best_row.get("checkpoint_path") if best_row else None,
-            "best_checkpoint_loss": best_row.get(a.metric) if best_row else None,
+            "best_checkpoint": best_checkpoint(rows, a.metric, a.mode, exists),
             "error": repr(result.error) if result.error else None,
         }
         summary.trials.append(trial)
