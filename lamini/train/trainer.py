@@ -69,7 +69,7 @@ def build_dataset(cfg: Any):
     others = [s for s in cfg.data.corpora if s.format != "lamini"]
     for spec in cfg.data.corpora:
         if spec.format == "lamini":
-            ds = ray.data.read_parquet(spec.path, columns=["instruction", "response"])
+            ds = ray.data.read_parquet(spec.path).select_columns(["instruction", "response"])  # pushed into the read
             ds = ds.map_batches(_with_response, batch_format="pyarrow")  # fused into the read tasks
             parts.append(ds.limit(spec.limit) if spec.limit else ds)
     if others:
