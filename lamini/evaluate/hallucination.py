@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from lamini.evaluate import judging
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
-from lamini.evaluate.inference import digest, stale_parts, stamp, table_digest
-from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, slug
+from lamini.evaluate.inference import reusable, store, table_digest
+from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, settings_tag, slug
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
 
@@ -126,10 +126,7 @@ def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) 
         for i, r in enumerate(rows)
         if r["error"] is None
     }
-    # The prompt hash in a request id covers the rubric and the answer, not the judge's model or
-    # sampling: the settings' hash goes in too, or a changed judge under the same name would get
-    # the replies the old one stored under run/judges/<judge>/.
-    tag = digest(settings)[:12]
+    tag = settings_tag(settings)
     ids = {i: request_id(rows[i]["student"], rows[i]["id"], tag, prompt=p) for i, p in prompts.items()}
     replies = ask_judge(judge, [{"id": ids[i], "prompt": p} for i, p in prompts.items()], run, f"judges/{slug(name)}", ray_cfg)
     out = []
@@ -256,17 +253,12 @@ def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
         name = judge_name(judge)
         rel = f"verdicts/{slug(name)}.parquet"
         parts = verdict_parts(judge, answers)
-        old = run.read_table(rel) if run.exists(rel) else None
-        why = stale_parts(old, parts) if old is not None else []
-        if old is not None and not why:
+        old = reusable(run, rel, parts, "judging")
+        if old is not None:
             verdicts[name] = old
             reused.append(rel)
             continue
-        if old is not None:
-            log.warning("%s was judged for other inputs (%s differ): judging again", run.uri_of(rel), ", ".join(why))
-        run.makedirs("verdicts")
-        verdicts[name] = stamp(run_judge(judge, answers, run, cfg.ray), parts)
-        run.write_table(rel, verdicts[name])
+        verdicts[name] = store(run, rel, run_judge(judge, answers, run, cfg.ray), parts)
     sheet = export_sheet(run, answers, verdicts)
     for path in cfg.ratings:
         name, table = import_sheet(path, answers)

@@ -13,7 +13,7 @@ per student, `run/subdir/<name>.parquet`. Every input row comes back as exactly 
 with either a `response` or an `error`; a re-run reuses a student's finished file (resume), but
 only when the fingerprint stored in its Parquet schema metadata (`generation_parts`: the student's
 model, wrapper, sampling settings and the input rows) equals this run's. The same stamp
-(`stamp`, `stale_parts`) guards the probes' downstream files (scores, verdicts).
+(`reusable`, `store`) guards the probes' downstream files (scores, verdicts, grades).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import posixpath
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,28 @@ def stale_parts(table: pa.Table, parts: dict[str, Any]) -> list[str]:
     except (KeyError, ValueError):
         return ["it has no fingerprint"]
     return sorted(k for k in hashes.keys() | old.keys() if hashes.get(k) != old.get(k)) or ["fingerprint"]
+
+
+def reusable(run: RunDir, rel: str, parts: dict[str, Any], redo: str, check: Any = None) -> pa.Table | None:
+    """The table a finished step stored at `rel`, when its stamp matches `parts` (and `check(table)`,
+    if given, names no problem); else None, with a warning saying what differs ("<redo> again")
+    when a file was there. The one reuse rule of the probes' steps (answers, scores, verdicts, grades)."""
+    if not run.exists(rel):
+        return None
+    old = run.read_table(rel)
+    why = stale_parts(old, parts) or (check(old) if check else [])
+    if not why:
+        return old
+    log.warning("%s was written for other inputs (%s differ): %s again", run.uri_of(rel), ", ".join(why), redo)
+    return None
+
+
+def store(run: RunDir, rel: str, table: pa.Table, parts: dict[str, Any]) -> pa.Table:
+    """`table` stamped with `parts` and written to `rel` (atomically, its folder made); returns it stamped."""
+    table = stamp(table, parts)
+    run.makedirs(posixpath.dirname(rel))
+    run.write_table(rel, table)
+    return table
 
 
 def gpus_for(params: int) -> float:
@@ -262,7 +285,7 @@ def _run_one(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> pa.
     return out.sort_by(ROW_INDEX)
 
 
-def generation_parts(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> dict[str, Any]:
+def generation_parts(serving: Serving, rows_digest: str, gen: Any, min_tokens: int) -> dict[str, Any]:
     """What a student's stored outputs must match to be reused: its model, the wrapper as resolved
     ("auto" depends on the family), the prompt truncation, the sampling settings, min_tokens and
     every input row (the carried columns, e.g. `id`, go into the output too). Not the engine, device
@@ -274,7 +297,7 @@ def generation_parts(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int
         "max_input_tokens": serving.student.max_input_tokens,
         "generation": gen.model_dump(mode="json"),
         "min_tokens": min_tokens,
-        "rows": table_digest(rows),
+        "rows": rows_digest,  # table_digest of the input rows
     }
 
 
@@ -299,29 +322,27 @@ def generate_for_students(
     gpus, have_vllm = cluster_facts()
     run.makedirs(subdir)
     rows = rows.append_column(ROW_INDEX, pa.array(range(rows.num_rows), pa.int64()))
+    rows_digest = table_digest(rows)  # once: every student's stamp holds it
     plans = {s.name: plan_serving(s, gpus, have_vllm) for s in students}
     for p in plans.values():
         log.info("serving %s with %s (%s)", p.student.name, p.engine, p.engine_reason)
 
+    def in_order(t: pa.Table) -> bool:  # every input row once, in input order
+        return t.column(ROW_INDEX).to_pylist() == list(range(rows.num_rows))
+
     def one(name: str) -> StudentRun:
         serving = plans[name]
         rel = f"{subdir}/{name}.parquet"
-        parts = generation_parts(serving, rows, gen, min_tokens)
-        if run.exists(rel):
-            old = run.read_table(rel)
-            why = stale_parts(old, parts)
-            if not why and old.column(ROW_INDEX).to_pylist() != list(range(rows.num_rows)):
-                why = ["its rows"]  # the stamp matches but the file was damaged or edited
-            if not why:
-                return StudentRun(serving, old, 0.0, reused=True)
-            log.warning("%s was written for other settings (%s differ): generating again", run.uri_of(rel), ", ".join(why))
+        parts = generation_parts(serving, rows_digest, gen, min_tokens)
+        old = reusable(run, rel, parts, "generating", check=lambda t: [] if in_order(t) else ["its rows"])
+        if old is not None:  # (a matching stamp with rows out of order: a damaged or edited file)
+            return StudentRun(serving, old, 0.0, reused=True)
         t0 = time.time()
         out = _run_one(serving, rows, gen, min_tokens)
-        got = out.column(ROW_INDEX).to_pylist()
-        if got != list(range(rows.num_rows)):
+        if not in_order(out):
+            got = out.column(ROW_INDEX).to_pylist()
             raise RuntimeError(f"student {name}: {rows.num_rows} rows in, {len(got)} out ({len(set(got))} distinct)")
-        out = stamp(out.append_column("student", pa.array([name] * out.num_rows, pa.string())), parts)
-        run.write_table(rel, out)
+        out = store(run, rel, out.append_column("student", pa.array([name] * out.num_rows, pa.string())), parts)
         return StudentRun(serving, out, time.time() - t0)
 
     with cf.ThreadPoolExecutor(max_workers=len(plans)) as pool:

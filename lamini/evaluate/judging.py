@@ -31,10 +31,20 @@ TRANSPORT_FIELDS = frozenset({
 def judge_settings(judge: Any, rubric: str) -> dict[str, Any]:
     """What a judge's replies depend on, besides what it is shown: its backend and model (teacher
     fields but TRANSPORT_FIELDS), its sampling and the rubric text. Not its name, which only says
-    where its files go. Its digest goes into the judge's request ids (see request_id) and into the
+    where its files go. Its digest goes into the judge's request ids (settings_tag) and into the
     stamp of its stored grades, so a changed judge under the same name asks again."""
     teacher = {k: v for k, v in judge.teacher.model_dump(mode="json").items() if k not in TRANSPORT_FIELDS}
     return {"teacher": teacher, "generation": judge.generation.model_dump(mode="json"), "rubric": rubric}
+
+
+def settings_tag(settings: dict[str, Any]) -> str:
+    """A short hash of judge_settings, for the judge's request ids: the prompt hash in a request id
+    covers the rubric and what is judged, not the judge's model or sampling, so without it a
+    changed judge under the same name would get the replies the old one stored under
+    run/judges/<judge>/."""
+    from lamini.evaluate.inference import digest
+
+    return digest(settings)[:12]
 
 
 def judge_name(judge: Any) -> str:

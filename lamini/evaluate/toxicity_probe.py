@@ -202,7 +202,7 @@ class ToxicityProbeSummary:
 
 def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
     """Draw, generate, score, count: see the module docstring."""
-    from lamini.evaluate.inference import generate_for_students, stale_parts, stamp
+    from lamini.evaluate.inference import generate_for_students, reusable, store
     from lamini.generate.toxicity import resolve_model
 
     t0 = time.time()
@@ -217,19 +217,14 @@ def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
 
     reused = [f"continuations/{s}.parquet" for s in students if runs[s].reused]
     parts = score_parts(cont, cfg)
-    old = run.read_table(SCORES) if run.exists(SCORES) else None
-    why = stale_parts(old, parts) if old is not None else []
-    if old is not None and not why:
-        scored = old
+    scored = reusable(run, SCORES, parts, "scoring")
+    if scored is not None:
         reused.append(SCORES)
     else:
-        if old is not None:
-            log.warning("%s was scored for other inputs (%s differ): scoring again", run.uri_of(SCORES), ", ".join(why))
         scored = score_continuations(cont, cfg)
         if scored.num_rows != cont.num_rows:
             raise RuntimeError(f"detoxify scored {scored.num_rows} of {cont.num_rows} continuations")
-        scored = stamp(scored, parts)
-        run.write_table(SCORES, scored)
+        scored = store(run, SCORES, scored, parts)
 
     t6 = table6(scored, students, cfg)
     run.write_text("table6.md", render_table6(t6, cfg, counts))

@@ -23,7 +23,6 @@ yet imported) is counted as `unjudged`, never guessed.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 import time
@@ -35,13 +34,11 @@ import pyarrow as pa
 
 from lamini.evaluate import judging
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
-from lamini.evaluate.inference import ROW_INDEX, digest, stale_parts, stamp, table_digest
-from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, slug
+from lamini.evaluate.inference import ROW_INDEX, reusable, store, table_digest
+from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, settings_tag, slug
 from lamini.evaluate.sheets import CRITERIA, GRADES
 from lamini.runs import manifest as mf
 from lamini.runs.rundir import RunDir
-
-log = logging.getLogger(__name__)
 
 # Instructions the paper's downstream tasks (Table 8: NLI, sentiment, summarization) already
 # cover. The paper gives no list, so this is our reading: case-insensitive regexes on the
@@ -167,10 +164,7 @@ def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunD
     lamini.evaluate.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or
     unparseable votes are left out of the majority, and a response with no vote left is unjudged."""
     name, rubric = judge_name(judge), load_rubric(judge.rubric)
-    # The prompt hash in a request id covers rubric and response, not the judge's model or sampling:
-    # the settings' hash goes in too, or a changed judge under the same name would get the replies
-    # the old one stored under run/judges/<judge>/.
-    tag = digest(judge_settings(judge, rubric))[:12]
+    tag = settings_tag(judge_settings(judge, rubric))
     rows = responses.to_pylist()
     asked: dict[int, list[str]] = {}  # row -> its request ids, one per vote
     requests = []
@@ -301,15 +295,8 @@ def _llm_grades(cfg: UserOrientedConfig, run: RunDir, responses: pa.Table) -> di
         name = judge_name(judge)
         rel = f"grades/{slug(name)}.parquet"
         parts = grade_parts(judge, responses, cfg.judge_votes)
-        if run.exists(rel):
-            why = stale_parts(run.read_table(rel), parts)
-            if not why:
-                out[name] = run.read_table(rel)
-                continue
-            log.warning("%s was graded for other inputs (%s differ): grading again", run.uri_of(rel), ", ".join(why))
-        run.makedirs("grades")
-        out[name] = stamp(run_judge(judge, responses, cfg.judge_votes, run, cfg.ray), parts)
-        run.write_table(rel, out[name])
+        old = reusable(run, rel, parts, "grading")
+        out[name] = old if old is not None else store(run, rel, run_judge(judge, responses, cfg.judge_votes, run, cfg.ray), parts)
     return out
 
 

@@ -165,10 +165,8 @@ def finalize(run: RunDir, input_ids: set[str], index: ShardIndex | None = None) 
     counts = FinalCounts()
     run.makedirs("dataset")
     if idx.keys is None:  # no shard at all (e.g. every input row rejected): both files, empty
-        for name, mapping in (("responses.parquet", RESPONSE_COLUMNS), ("errors.parquet", ERROR_COLUMNS)):
-            tmp = run.path("dataset", name + ".tmp")
-            pq.write_table(_empty(mapping), tmp, filesystem=run.fs)
-            run.fs.move(tmp, run.path("dataset", name))
+        run.write_table("dataset/responses.parquet", _empty(RESPONSE_COLUMNS))
+        run.write_table("dataset/errors.parquet", _empty(ERROR_COLUMNS))
         counts.missing = len(input_ids)
         return counts
     winners = _winners(idx, input_ids)

@@ -59,17 +59,15 @@ def device_peak_flops(precision: str, override_tflops: float | None = None) -> t
     return measure_cpu_peak_flops(), "measured:cpu-fp32-matmul"
 
 
-def _numel(p) -> int:
-    return int(getattr(p, "ds_numel", 0) or p.numel())  # ZeRO-3 partitions: ds_numel is the full size
-
-
 def param_split(model) -> tuple[int, int]:
     """(encoder, decoder) parameters of an encoder-decoder model; (0, all) for a decoder-only one.
 
     Decoder: everything outside the encoder (decoder stack with its cross-attention, LM head) plus
     what the encoder shares with it (T5's `shared` embedding), so the two add up to all parameters.
     """
-    total = sum(_numel(p) for p in model.parameters())  # parameters() lists a shared tensor once
+    from lamini.train.models import count_params, param_numel
+
+    total = count_params(model)  # parameters() lists a shared tensor once
     if not getattr(getattr(model, "config", None), "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):
         return 0, total
     encoder = model.get_encoder()
@@ -83,7 +81,7 @@ def param_split(model) -> tuple[int, int]:
             walk(child)
 
     walk(model)
-    n_enc = sum(_numel(p) for p in encoder.parameters() if id(p) not in outside)
+    n_enc = sum(param_numel(p) for p in encoder.parameters() if id(p) not in outside)
     return n_enc, total - n_enc
 
 

@@ -52,6 +52,11 @@ def load_student(spec: Any, family: str, dtype: str = "float32"):
     return model
 
 
+def param_numel(p) -> int:
+    """A parameter's full size, also when ZeRO-3 has partitioned it (ds_numel is the full size)."""
+    return int(getattr(p, "ds_numel", 0) or p.numel())
+
+
 def count_params(model) -> int:
-    """All parameters, also when ZeRO-3 has partitioned them (ds_numel is the full size)."""
-    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
+    """All parameters, also when ZeRO-3 has partitioned them."""
+    return sum(param_numel(p) for p in model.parameters())

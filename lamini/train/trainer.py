@@ -88,7 +88,7 @@ _ENCODERS: dict[tuple[str, str], Any] = {}
 
 
 def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
-    """One Ray Data batch of rows -> one row: (examples kept, their tokens)."""
+    """One Ray Data batch of rows -> one row: (rows, examples kept, their tokens)."""
     import numpy as np
 
     from lamini.train.config import TrainConfig
@@ -101,16 +101,17 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
         _ENCODERS[key] = ExampleEncoder(load_tokenizer(cfg.model), family, cfg.data)
     rows = zip(batch.column("instruction").to_pylist(), batch.column("response").to_pylist())
     kept, tokens = _ENCODERS[key].measure(rows)
-    return {"kept": np.array([kept], dtype=np.int64), "tokens": np.array([tokens], dtype=np.int64)}
+    return {k: np.array([v], dtype=np.int64) for k, v in (("rows", batch.num_rows), ("kept", kept), ("tokens", tokens))}
 
 
-def count_sequences(dataset, cfg: Any, family: str) -> int:
-    """Training sequences one epoch gives the workers (lamini.train.loop.epoch_sequences).
+def count_sequences(dataset, cfg: Any, family: str) -> tuple[int, int]:
+    """(rows, training sequences one epoch gives the workers) (lamini.train.loop.epoch_sequences).
 
     Encodes every row once, as the workers will, in parallel Ray Data tasks, and sums the examples
     kept and their tokens: the step plan of an epochs run must count packed sequences and leave
     out the rows truncation drops, which the row count cannot tell. Costs one extra tokenisation
-    pass over the data (small next to the epochs of training); max_steps runs skip it.
+    pass over the data (small next to the epochs of training), which counts the rows as well;
+    max_steps runs skip it.
     """
     from lamini.train.loop import epoch_sequences
 
@@ -120,11 +121,12 @@ def count_sequences(dataset, cfg: Any, family: str) -> int:
         batch_format="pyarrow",
         batch_size=2048,
     )
-    kept = tokens = 0
+    rows = kept = tokens = 0
     for row in parts.iter_rows():
+        rows += int(row["rows"])
         kept += int(row["kept"])
         tokens += int(row["tokens"])
-    return epoch_sequences(kept, tokens, cfg, family)
+    return rows, epoch_sequences(kept, tokens, cfg, family)
 
 
 def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
@@ -186,9 +188,12 @@ def build_trainer(
     from lamini.train.models import resolve_family
 
     family = resolve_family(cfg.model)
-    n_rows = dataset.count()
-    # Epochs runs plan their steps from the sequences the workers will see; max_steps runs need no count.
-    n_sequences = None if cfg.max_steps else count_sequences(dataset, cfg, family)
+    # Epochs runs plan their steps from the sequences the workers will see (one pass that counts
+    # the rows too); max_steps runs need only the row count.
+    if cfg.max_steps:
+        n_rows, n_sequences = dataset.count(), None
+    else:
+        n_rows, n_sequences = count_sequences(dataset, cfg, family)
     total_steps, max_epochs = plan_steps(n_rows if n_sequences is None else n_sequences, cfg)
     name = run_root_name or cfg.name
     storage = RunDir(cfg.run_dir)
