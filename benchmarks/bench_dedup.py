@@ -68,8 +68,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lamini.generate.neardup import NearDupResult, brute_force_filter, near_dup_filter, pair_recall  # noqa: E402
-from lamini.generate.rouge import tokenize  # noqa: E402
+from lamini.generate.dedup.neardup import (  # noqa: E402
+    NearDupResult,
+    brute_force_filter,
+    near_dup_filter,
+    pair_recall,
+)
+from lamini.generate.dedup.rouge import tokenize  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RAY_TMP = "/tmp/lamini-neardup-ray"

@@ -7,7 +7,7 @@
       (a0) the same call on 1 prompt and 1 token (a fresh run folder) measures that fixed cost, and
       (a)'s time inside generate() (the latency batched_generate stamps on each call's rows) is its
       rate once the actor is up.
-  (a') the same batched generate without Ray: `lamini.evaluate.engines.HFStudentUDF.generate` in
+  (a') the same batched generate without Ray: `lamini.engines.hf_local.HFEngine.generate` in
       this process (the code the actor runs), timed after the model is loaded.
   (b) baseline: a plain loop in this process: `load_for_generation` (the same model, tokenizer
       and wrapper), then `model.generate` one prompt at a time. Timed loop only, and with the load.
@@ -77,7 +77,7 @@ def _load(t0: float, t1: float) -> dict[str, float | None]:
 
 def instructions(n: int) -> tuple[list[str], str]:
     """n request texts: the self-instruct seed instructions (cycled), else the packaged questions."""
-    from lamini.evaluate.bench import load_prompts
+    from lamini.evaluate.bench.run import load_prompts
 
     if SEED_TASKS.exists():
         texts, source = load_prompts(str(SEED_TASKS))
@@ -104,7 +104,7 @@ def smollm2_folder() -> Path:
     if (out / ".built").exists():
         return out
     from lamini.evaluate.config import StudentSpec
-    from lamini.train.models import load_student, load_tokenizer
+    from lamini.models.loading import load_student, load_tokenizer
 
     spec = StudentSpec(name="smollm2", base="embedded")
     load_student(spec, "decoder").save_pretrained(out)
@@ -120,7 +120,7 @@ def baseline_loop(serving: Any, prompts: list[str], max_tokens: int, device: str
     """(b): load_for_generation, then model.generate one prompt at a time, greedy, EOS ignored."""
     import torch
 
-    from lamini.evaluate.inference import load_for_generation
+    from lamini.models.loading import load_for_generation
 
     m0 = time.monotonic()
     t0 = time.perf_counter()
@@ -147,24 +147,27 @@ def baseline_loop(serving: Any, prompts: list[str], max_tokens: int, device: str
 
 
 def batched_in_process(serving: Any, prompts: list[str], max_tokens: int, device: str) -> dict[str, Any]:
-    """(a'): HFStudentUDF.generate in this process (sorted by length, chunks of batch_size), after the load."""
+    """(a'): HFEngine.generate in this process (sorted by length, chunks of batch_size), after the load."""
     import torch
 
     from lamini.config import GenerationParams
-    from lamini.evaluate.engines import HFStudentUDF
+    from lamini.engines.base import text_request
+    from lamini.engines.hf_local import HFEngine
 
     t0 = time.perf_counter()
-    udf = HFStudentUDF(serving, GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0), min_tokens=max_tokens)
+    engine = HFEngine.for_student(serving)
+    gen = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0)
+    requests = [text_request(p, gen, min_tokens=max_tokens) for p in prompts]
     load_s = time.perf_counter() - t0
     if device == "cuda":  # one warm-up call: CUDA kernels and the allocator, as vLLM gets below
-        udf.generate(prompts[: serving.student.batch_size])
+        engine.generate(requests[: serving.student.batch_size])
     t1, m1 = time.perf_counter(), time.monotonic()
-    results = udf.generate(prompts)
+    results = engine.generate(requests)
     if device == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t1
     tokens = sum(r.completion_tokens for r in results)
-    del udf
+    del engine
     _free(device)
     return {"tokens": tokens, "errors": sum(bool(r.error) for r in results), "load_s": round(load_s, 3),
             "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2), "load": _load(m1, time.monotonic()),
@@ -264,7 +267,8 @@ def bench_model(args: argparse.Namespace, name: str, texts: list[str], work: Pat
     phase "ray" runs (a0), then (a) per batch size. Keys: baseline, vllm, ours_fixed, and
     batched_in_process@<bs>, ours@<bs>."""
     from lamini.evaluate.config import StudentSpec
-    from lamini.evaluate.inference import plan_serving, wrap
+    from lamini.evaluate.inference import plan_serving
+    from lamini.models.templates import wrap
 
     device = "cuda" if args.device == "gpu" else "cpu"
 
@@ -498,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         "definitions": {
             "baseline": "(b) load_for_generation + model.generate one prompt at a time in this process; tokens_per_s "
                         "over the loop, tokens_per_s_with_load over load + loop",
-            "batched_in_process": "(a') HFStudentUDF.generate (length-sorted chunks of batch_size) in this process, "
+            "batched_in_process": "(a') HFEngine.generate (length-sorted chunks of batch_size) in this process, "
                                   "after the load",
             "ours": "(a) generate_for_students, from the call to its return: Ray Data plan, actor process start and "
                     "imports, model load, generation, Parquet write",

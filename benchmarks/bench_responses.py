@@ -2,7 +2,7 @@
 
   (a) our pipeline end to end: `lamini.generate.responses.run_responses` on a generic JSONL
       corpus (Ray Data -> async teacher actors -> Parquet shards -> finalize), fresh run_dir
-  (b) the same client with no Ray: `OpenAITeacher.agenerate` (aiohttp path) on one asyncio
+  (b) the same client with no Ray: `OpenAIEngine.agenerate` (aiohttp path) on one asyncio
       loop, with the same total in-flight and the same batches
   (c) Ray's `ray.data.llm` HTTP processor (HttpRequestProcessorConfig + build_processor) on
       the same rows, at its best point of a batch_size x concurrency grid
@@ -139,7 +139,7 @@ def teacher_cfg(url: str, max_in_flight: int) -> OpenAITeacherConfig:
 
 
 def chat_payload(prompt: str, model: str = "fake-teacher") -> dict[str, Any]:
-    """The JSON body OpenAITeacher sends for one prompt (same fields, same order)."""
+    """The JSON body OpenAIEngine sends for one prompt (same fields, same order)."""
     return {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                                          {"role": "user", "content": prompt}],
             "max_tokens": GEN.max_tokens, "temperature": GEN.temperature, "top_p": GEN.top_p}
@@ -213,10 +213,10 @@ def run_pipeline(server: FakeOpenAIServer, corpus: Path, work: Path, tag: str) -
 
 
 async def _bare_loop(url: str, prompts: list[str], in_flight: int, batch_size: int, workers: int) -> tuple[int, float]:
-    from lamini.teachers.base import build_request
-    from lamini.teachers.openai_http import OpenAITeacher
+    from lamini.engines.base import build_request
+    from lamini.engines.openai_http import OpenAIEngine
 
-    teacher = OpenAITeacher(teacher_cfg(url, in_flight))
+    teacher = OpenAIEngine(teacher_cfg(url, in_flight))
     batches = iter([prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)])
     ok = 0
 
@@ -234,7 +234,7 @@ async def _bare_loop(url: str, prompts: list[str], in_flight: int, batch_size: i
 
 
 def run_bare(server: FakeOpenAIServer, prompts: list[str]) -> dict[str, Any]:
-    """(b) OpenAITeacher.agenerate on one asyncio loop, same total in-flight and batches as (a), no Ray."""
+    """(b) OpenAIEngine.agenerate on one asyncio loop, same total in-flight and batches as (a), no Ray."""
     in_flight = PIPELINE["max_actors"] * MAX_IN_FLIGHT_PER_ACTOR
     workers = PIPELINE["max_actors"] * PIPELINE["max_concurrent_batches_per_actor"]
     with Meter(server) as m:

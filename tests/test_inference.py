@@ -9,6 +9,12 @@ import pyarrow as pa
 import pytest
 
 from lamini.config import GenerationParams, RayInitConfig
+from lamini.engines.vllm_engine import (
+    STASH,
+    from_vllm_row,
+    sampling_params_of,
+    to_vllm_text_row,
+)
 from lamini.evaluate.config import StudentSpec
 from lamini.evaluate.inference import (
     StudentRun,
@@ -16,12 +22,10 @@ from lamini.evaluate.inference import (
     generate_for_students,
     gpus_for,
     plan_serving,
-    stale_parts,
-    stamp,
-    wrap,
 )
+from lamini.models.templates import wrap
+from lamini.runs.fingerprint import stale_parts, stamp
 from lamini.runs.rundir import RunDir
-from lamini.teachers.vllm_engine import STASH, from_vllm_row, sampling_params_of, to_vllm_text_row
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -72,7 +76,7 @@ def test_vllm_text_row_mapping_keeps_columns_and_sampling():
     assert out["sampling_params"] == {"max_tokens": 32, "temperature": 0.0, "top_p": 1.0, "seed": 3}
     assert to_vllm_text_row(row, "prompt", gen, ignore_eos=True)["sampling_params"]["ignore_eos"] is True
     # The same sampling parameters the HF engine uses (one GenerationParams for both).
-    from lamini.teachers.base import build_request
+    from lamini.engines.base import build_request
 
     assert out["sampling_params"] == sampling_params_of(build_request("x", None, gen))
     engine_out = {k: v for k, v in out.items() if k != "sampling_params"}
@@ -84,11 +88,11 @@ def test_vllm_text_row_mapping_keeps_columns_and_sampling():
 
 
 def test_vllm_processor_config_shares_a_gpu_between_small_students(tiny_lms):
-    from lamini.evaluate.engines import vllm_processor_config
+    from lamini.engines.vllm_engine import student_processor_config
 
     causal, _ = tiny_lms
     serving = plan_serving(StudentSpec(name="g", base=str(causal), batch_size=24, max_actors=3), cluster_gpus=8, have_vllm=True)
-    pc = vllm_processor_config(serving)
+    pc = student_processor_config(serving)
     assert pc.model_source == str(causal) and pc.batch_size == 24 and pc.concurrency == (1, 3)
     assert pc.engine_kwargs["gpu_memory_utilization"] == 0.225 and pc.engine_kwargs["dtype"] == "bfloat16"
     assert pc.placement_group_config["bundles"] == [{"CPU": 1, "GPU": 0.25}]
@@ -97,18 +101,20 @@ def test_vllm_processor_config_shares_a_gpu_between_small_students(tiny_lms):
 
 def test_batched_hf_generation_equals_one_at_a_time(tiny_lms):
     """Left padding and length-sorted chunks must not change what a greedy student writes."""
-    from lamini.evaluate.engines import HFStudentUDF
+    from lamini.engines.base import text_request
+    from lamini.engines.hf_local import HFEngine
 
     causal, s2s = tiny_lms
     prompts = [wrap(p, "alpaca") for p in ("Hi.", "Name three red fruits, please.", "Why is the sky blue on a clear day?")]
     gen = GenerationParams(max_tokens=12, temperature=0.0)
     for base, family_prompts in ((causal, prompts), (s2s, ["Hi.", "Name three red fruits.", "Why is the sky blue?"])):
-        one = HFStudentUDF(plan_serving(StudentSpec(name="a", base=str(base), batch_size=1), 0, False), gen)
-        many = HFStudentUDF(plan_serving(StudentSpec(name="b", base=str(base), batch_size=8), 0, False), gen)
-        a = [r.text for r in one.generate(family_prompts)]
-        b = [r.text for r in many.generate(family_prompts)]
+        one = HFEngine.for_student(plan_serving(StudentSpec(name="a", base=str(base), batch_size=1), 0, False))
+        many = HFEngine.for_student(plan_serving(StudentSpec(name="b", base=str(base), batch_size=8), 0, False))
+        requests = [text_request(p, gen) for p in family_prompts]
+        a = [r.text for r in one.generate(requests)]
+        b = [r.text for r in many.generate(requests)]
         assert a == b
-        assert all(r.completion_tokens > 0 for r in many.generate(family_prompts))
+        assert all(r.completion_tokens > 0 for r in many.generate(requests))
 
 
 def test_fingerprint_stamp_survives_parquet_and_names_what_changed(tmp_path):

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from lamini.evaluate.lm_eval_report import format_params, markdown_tables, summarize
-from lamini.evaluate.lm_eval_runner import _absolute, task_gpus
-from lamini.evaluate.lm_eval_wrap import WrappedContexts, wrap_context, wrap_requests
-from lamini.evaluate.lm_eval_tasks import (
+from lamini.evaluate.lm_eval.report import format_params, markdown_tables, summarize
+from lamini.evaluate.lm_eval.runner import _absolute, task_gpus
+from lamini.evaluate.lm_eval.tasks import (
     PAPER_TASKS,
     eval_tasks,
     metric_for,
     metric_key,
     stderr_key,
 )
-from lamini.train.data import alpaca_prompt
+from lamini.evaluate.lm_eval.wrap import WrappedContexts, wrap_context, wrap_requests
+from lamini.models.templates import alpaca_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = ROOT / "tests" / "fixtures" / "lm_eval"
@@ -42,7 +42,7 @@ def _cfg(tiny_lms, run_dir, **kw):
 
 
 def test_run_eval_local_task_wrapper_on_and_off_resume_and_failures(ray_local, tiny_lms, tmp_path, capsys):
-    from lamini.evaluate.lm_eval_runner import run_eval
+    from lamini.evaluate.lm_eval.runner import run_eval
 
     run_dir = tmp_path / "eval"
     # The YAML's data_files path is relative to the YAML; nothing may depend on the test's cwd.
@@ -116,7 +116,7 @@ def test_wrapped_hflm_scores_the_wrapped_context(tiny_lms, family):
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from lamini.evaluate.lm_eval_wrap import wrapped_hflm_class
+    from lamini.evaluate.lm_eval.wrap import wrapped_hflm_class
 
     path = getattr(tiny_lms, family)
     cls = AutoModelForCausalLM if family == "causal" else AutoModelForSeq2SeqLM
@@ -243,7 +243,7 @@ def test_configs_and_lazy_imports():
     assert paper.tasks is None and {s.family for s in paper.students} == {"decoder", "encoder-decoder"}
 
     code = (
-        "import sys, lamini.evaluate.lm_eval_runner, lamini.evaluate.lm_eval_report, lamini.evaluate.lm_eval_tasks\n"
+        "import sys, lamini.evaluate.lm_eval.runner, lamini.evaluate.lm_eval.report, lamini.evaluate.lm_eval.tasks\n"
         "print(sorted(m for m in ('torch', 'transformers', 'lm_eval', 'matplotlib', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -251,7 +251,7 @@ def test_configs_and_lazy_imports():
 
 
 def test_student_group_splits_tables_of_one_architecture():
-    from lamini.evaluate.lm_eval_report import family_groups
+    from lamini.evaluate.lm_eval.report import family_groups
 
     summary = {"models": {
         "t5-small": {"model_type": "t5", "group": None},

@@ -16,7 +16,7 @@ def _cfg(tmp_path):
         "configs/probe_hallucination.yaml",
         [
             f"run_dir={tmp_path / 'run'}",
-            'judges=[{"teacher": {"backend": "openai", "model": "m", "api_key_env": "LAMINI_JUDGE_KEY"}, "name": "j"}]',
+            'judges=[{"teacher": {"engine": "openai", "model": "m", "api_key_env": "LAMINI_JUDGE_KEY"}, "name": "j"}]',
         ],
     )
 

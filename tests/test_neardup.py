@@ -15,14 +15,25 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import ROOT, shared_data
+
 from lamini.config import CorpusSpec
-from lamini.generate.config import FilterConfig
 from lamini.corpus import RejectLog, read_corpus
 from lamini.generate import lsh, neardup
-from lamini.generate.neardup import brute_force_filter, near_dup_filter, near_dup_filter_table, pair_recall
-from lamini.generate.rouge import lcs_length, rouge_l_f, rouge_l_f_text, tokenize, verify_pairs
+from lamini.generate.config import FilterConfig
+from lamini.generate.dedup.neardup import (
+    brute_force_filter,
+    near_dup_filter,
+    near_dup_filter_table,
+    pair_recall,
+)
+from lamini.generate.dedup.rouge import (
+    lcs_length,
+    rouge_l_f,
+    rouge_l_f_text,
+    tokenize,
+    verify_pairs,
+)
 
 
 def _bench():

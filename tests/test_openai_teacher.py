@@ -12,9 +12,9 @@ import time
 import pytest
 
 from lamini.config import OpenAITeacherConfig
-from lamini.teachers import make_teacher
-from lamini.teachers.base import ChatRequest
-from lamini.teachers.openai_http import OpenAITeacher, TokenBucket, parse_retry_after
+from lamini.engines import make_engine
+from lamini.engines.base import ChatRequest
+from lamini.engines.openai_http import OpenAIEngine, TokenBucket, parse_retry_after
 from lamini.testing.fake_openai import FakeOpenAIServer
 
 KEY_ENV = "LAMINI_TEST_OPENAI_KEY"
@@ -36,7 +36,7 @@ def _no_key(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
 
 
-def teacher(server: FakeOpenAIServer, http_client: str, **overrides) -> OpenAITeacher:
+def teacher(server: FakeOpenAIServer, http_client: str, **overrides) -> OpenAIEngine:
     share = overrides.pop("share", 1.0)
     # timeout_s: generous unless a test times out on purpose (hang faults set their own). At 0.5 s,
     # a full suite on 2 busy cores once timed out an attempt before it reached the server (the
@@ -44,7 +44,7 @@ def teacher(server: FakeOpenAIServer, http_client: str, **overrides) -> OpenAITe
     fields = dict(model="fake-model", base_url=server.url, http_client=http_client, api_key_env=KEY_ENV,
                   backoff_base_s=0.01, backoff_max_s=0.1, timeout_s=5.0, max_retries=3)
     fields.update(overrides)
-    return OpenAITeacher(OpenAITeacherConfig(**fields), share=share)
+    return OpenAIEngine(OpenAITeacherConfig(**fields), share=share)
 
 
 def req(prompt: str, max_tokens: int = 64, **kw) -> ChatRequest:
@@ -52,7 +52,7 @@ def req(prompt: str, max_tokens: int = 64, **kw) -> ChatRequest:
                        max_tokens=max_tokens, **kw)
 
 
-def run(t: OpenAITeacher, requests: list[ChatRequest]):
+def run(t: OpenAIEngine, requests: list[ChatRequest]):
     try:
         return t.generate(requests)
     finally:
@@ -240,8 +240,8 @@ def test_azure_hits_deployment_url_with_api_key_header(monkeypatch, http_client)
 def test_missing_key_is_an_error_for_remote_endpoints():
     cfg = OpenAITeacherConfig(model="m", base_url="https://api.example.com/v1", api_key_env=KEY_ENV)
     with pytest.raises(ValueError, match=KEY_ENV):
-        OpenAITeacher(cfg)
-    assert isinstance(make_teacher(cfg.model_copy(update={"base_url": "http://localhost:1/v1"})), OpenAITeacher)
+        OpenAIEngine(cfg)
+    assert isinstance(make_engine(cfg.model_copy(update={"base_url": "http://localhost:1/v1"})), OpenAIEngine)
 
 
 def test_generate_inside_a_running_loop_is_refused(fake_openai):

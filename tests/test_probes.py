@@ -12,17 +12,26 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import ROOT, shared_data
 
 from lamini.config import GenerationParams, OpenAITeacherConfig, PipelineConfig
 from lamini.corpus import CorpusError
-from lamini.evaluate.config import HallucinationConfig, JudgeConfig, StudentSpec, ToxicityProbeConfig
-from lamini.evaluate.hallucination import CATEGORIES, parse_verdict, read_questions, run_hallucination
-from lamini.evaluate.ratings import import_sheet
-from lamini.evaluate.toxicity_probe import read_rtp, run_toxicity_probe, sample_prompts
+from lamini.evaluate.config import (
+    HallucinationConfig,
+    JudgeConfig,
+    StudentSpec,
+    ToxicityProbeConfig,
+)
+from lamini.evaluate.probes.hallucination import (
+    CATEGORIES,
+    parse_verdict,
+    read_questions,
+    run_hallucination,
+)
+from lamini.evaluate.probes.ratings import import_sheet
+from lamini.evaluate.probes.toxicity import read_rtp, run_toxicity_probe, sample_prompts
 from lamini.testing.fake_replies import fake_judge_verdict
 from lamini.testing.tiny_detoxify import TOXIC_TRIGGER
-
-from conftest import ROOT, shared_data
 
 RTP = ROOT / "tests" / "fixtures" / "rtp" / "prompts.jsonl"
 SECRET = "sk-test-probe-secret-4242"

@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import ROOT, shared_data
 
 
@@ -59,7 +58,7 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         cfg = {
             "run_dir": str(run_dir),
             "corpora": [{"format": "self_instruct", "path": str(seeds), "source": "self_instruct"}],
-            "teacher": {"backend": "openai", "model": "fake", "base_url": fake_openai.url,
+            "teacher": {"engine": "openai", "model": "fake", "base_url": fake_openai.url,
                         "api_key_env": "LAMINI_TEST_API_KEY", "backoff_base_s": 0.01},
             "generation": {"max_tokens": 8},
             "pipeline": {"rows_per_block": 50},

@@ -28,7 +28,7 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 
 def _openai_teacher(url: str, **kw) -> dict:
     t = {
-        "backend": "openai",
+        "engine": "openai",
         "model": "fake-teacher",
         "base_url": url,
         "api_key_env": "LAMINI_TEST_API_KEY",
@@ -229,13 +229,16 @@ def test_config_rejects_unknown_keys_and_overrides(tmp_path):
         load_config(ResponsesConfig, p)
     p.write_text(yaml.safe_dump(base))
     cfg = load_config(ResponsesConfig, p, ["teacher.batch_size=3", "pipeline.max_actors=5", "corpora.0.limit=7"])
-    assert (cfg.teacher.backend, cfg.teacher.batch_size, cfg.pipeline.max_actors, cfg.corpora[0].limit) == ("hf", 3, 5, 7)
+    assert (cfg.teacher.engine, cfg.teacher.batch_size, cfg.pipeline.max_actors, cfg.corpora[0].limit) == ("hf", 3, 5, 7)
+    # a config written with the old `backend:` key still loads, as the same engine
+    p.write_text(yaml.safe_dump({**base, "teacher": {"backend": "openai", "model": "m"}}))
+    assert load_config(ResponsesConfig, p).teacher.engine == "openai"
     # every field of every config model carries a description
     from lamini import config as c
 
     for model in [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c.StrictModel) and m is not c.StrictModel]:
         for name, f in model.model_fields.items():
-            if name != "backend":
+            if name != "engine":
                 assert f.description, f"{model.__name__}.{name} has no description"
 
 
@@ -243,11 +246,11 @@ def test_import_and_help_stay_light():
     """`import lamini` and `lamini --help` load no torch, transformers, vllm or deepspeed."""
     code = (
         "import sys, contextlib, io\n"
-        "import lamini, lamini.cli, lamini.config, lamini.teachers, lamini.corpus, lamini.train.config\n"
-        "import lamini.evaluate.config, lamini.evaluate.inference, lamini.evaluate.engines\n"
-        "import lamini.evaluate.hallucination, lamini.evaluate.ratings, lamini.evaluate.toxicity_probe\n"
-        "import lamini.evaluate.lm_eval_runner, lamini.evaluate.bench, lamini.evaluate.user_oriented\n"
-        "import lamini.evaluate.sheets\n"
+        "import lamini, lamini.cli, lamini.config, lamini.engines, lamini.corpus, lamini.train.config\n"
+        "import lamini.evaluate.config, lamini.evaluate.inference, lamini.engines.actors\n"
+        "import lamini.evaluate.probes.hallucination, lamini.evaluate.probes.ratings, lamini.evaluate.probes.toxicity\n"
+        "import lamini.evaluate.lm_eval.runner, lamini.evaluate.bench.run, lamini.evaluate.probes.user_oriented\n"
+        "import lamini.evaluate.probes.sheets\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         "        lamini.cli.main(['--help'])\n"

@@ -16,7 +16,12 @@ import pytest
 
 from lamini.config import PipelineConfig
 from lamini.generate.config import ToxicityConfig
-from lamini.testing.tiny_detoxify import INSULT_TRIGGER, LABELS, MILD_TRIGGER, TOXIC_TRIGGER
+from lamini.testing.tiny_detoxify import (
+    INSULT_TRIGGER,
+    LABELS,
+    MILD_TRIGGER,
+    TOXIC_TRIGGER,
+)
 
 LAMINI_COLUMNS = ["instruction", "response", "instruction_source"]
 
@@ -71,7 +76,7 @@ def test_tiny_checkpoint_loads_offline_through_detoxify(tiny_ckpt):
 
 
 def test_scorer_names_columns_and_scores_empty_text_zero(tiny_ckpt):
-    from lamini.generate.toxicity import DetoxifyScorer, score_column
+    from lamini.scoring.detoxify import DetoxifyScorer, score_column
 
     scorer = DetoxifyScorer(str(tiny_ckpt), ["instruction", "response"], batch_size=2)
     batch = pa.table(
@@ -209,7 +214,8 @@ def test_filter_table_threshold_near_the_scores(ray_local, tiny_ckpt):
 
 
 def test_bad_model_or_columns_fail_before_any_output(ray_local, tiny_ckpt, tmp_path):
-    from lamini.generate.toxicity import resolve_model, run_filter_toxic
+    from lamini.generate.toxicity import run_filter_toxic
+    from lamini.scoring.detoxify import resolve_model
 
     assert resolve_model("unbiased") == ("unbiased", None)
     assert resolve_model(f"file://{tiny_ckpt}") == (None, str(tiny_ckpt))

@@ -7,13 +7,12 @@ import json
 import pytest
 from conftest import shared_data
 
+from lamini.models.templates import ALPACA_PROMPT_NO_INPUT, alpaca_prompt
 from lamini.train.config import DEFAULT_LR, TrainConfig
 from lamini.train.data import (
-    ALPACA_PROMPT_NO_INPUT,
     IGNORE_INDEX,
     EncodeStats,
     ExampleEncoder,
-    alpaca_prompt,
     collate,
     encode_decoder,
     encode_seq2seq,

@@ -10,7 +10,13 @@ import pytest
 from conftest import shared_data
 
 from lamini.train.config import TrainConfig
-from lamini.train.data import ExampleEncoder, batch_token_split, batch_tokens, collate, encode_seq2seq
+from lamini.train.data import (
+    ExampleEncoder,
+    batch_token_split,
+    batch_tokens,
+    collate,
+    encode_seq2seq,
+)
 from lamini.train.loop import epoch_sequences, plan_steps
 
 
@@ -118,8 +124,8 @@ def _tiny_t5(tie: bool):
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_t5_parameters_split_between_encoder_and_decoder(tie):
+    from lamini.models.loading import count_params
     from lamini.train.flops import param_split
-    from lamini.train.models import count_params
 
     model = _tiny_t5(tie)
     n_enc, n_dec = param_split(model)
@@ -161,8 +167,8 @@ def test_encoder_decoder_flops_charge_each_side_its_own_parameters(tiny_lms):
 def test_decoder_only_flops_are_unchanged(tiny_lms, causal_tok):
     from transformers import AutoModelForCausalLM
 
+    from lamini.models.loading import count_params
     from lamini.train.flops import flops_utilisation, mfu, param_split, train_flops
-    from lamini.train.models import count_params
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lms.causal)
     n = count_params(model)

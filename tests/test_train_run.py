@@ -57,7 +57,7 @@ def _cfg(model_dir, run_dir, **kw) -> dict:
 def test_tiny_student_learns_and_its_export_reloads(ray_local, tmp_path, tiny, family):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from lamini.train.data import alpaca_prompt
+    from lamini.models.templates import alpaca_prompt
     from lamini.train.trainer import run_train
 
     summary = run_train(TrainConfig.model_validate(_cfg(tiny[family], tmp_path / "runs")))
@@ -227,7 +227,7 @@ def test_zero_run_killed_and_rerun_continues_where_it_stopped(tmp_path, tiny, st
 
 
 def test_smollm2_gguf_student_fine_tunes(ray_local, tmp_path):
-    from lamini.teachers.hf_local import default_teacher_path
+    from lamini.models.loading import default_teacher_path
     from lamini.train.trainer import run_train
 
     try:

@@ -18,9 +18,8 @@ from conftest import shared_data
 from lamini.config import GenerationParams, OpenAITeacherConfig, PipelineConfig
 from lamini.corpus import CorpusError
 from lamini.evaluate.config import StudentSpec, UserJudgeConfig, UserOrientedConfig
-from lamini.evaluate.report import cohen_kappa
-from lamini.evaluate.sheets import CRITERIA, import_ratings, write_sheets
-from lamini.evaluate.user_oriented import (
+from lamini.evaluate.probes.sheets import CRITERIA, import_ratings, write_sheets
+from lamini.evaluate.probes.user_oriented import (
     DOWNSTREAM_PATTERNS,
     downstream_match,
     load_rubric,
@@ -30,6 +29,7 @@ from lamini.evaluate.user_oriented import (
     run_user_oriented,
     select_instructions,
 )
+from lamini.reporting import cohen_kappa
 from lamini.runs.rundir import RunDir
 from lamini.testing.fake_replies import fake_grade
 

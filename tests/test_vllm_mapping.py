@@ -10,8 +10,8 @@ import pytest
 
 from lamini import SYSTEM_PROMPT
 from lamini.config import GenerationParams, PipelineConfig, VLLMTeacherConfig
-from lamini.teachers.base import RESULT_COLUMNS, build_request
-from lamini.teachers.vllm_engine import (
+from lamini.engines.base import RESULT_COLUMNS, build_request
+from lamini.engines.vllm_engine import (
     from_vllm_row,
     processor_config,
     results_table,
@@ -103,7 +103,7 @@ def test_error_rows_map_to_error_columns():
 
 
 def test_results_table_is_typed_like_the_actor_stage():
-    from lamini.teachers.actors import RESULT_SCHEMA
+    from lamini.engines.base import RESULT_SCHEMA
 
     gen = GenerationParams(max_tokens=16)
     pre = to_vllm_row(ROW, None, gen)
@@ -149,7 +149,7 @@ def test_processor_config_from_our_configs():
 def test_without_vllm_and_gpu_the_error_says_what_to_install():
     import ray
 
-    from lamini.teachers.vllm_engine import VLLMTeacher, apply_vllm
+    from lamini.engines.vllm_engine import VLLMEngine, apply_vllm
 
     if ray.is_initialized() and ray.cluster_resources().get("GPU", 0):
         pytest.skip("this Ray cluster has a GPU")
@@ -157,7 +157,7 @@ def test_without_vllm_and_gpu_the_error_says_what_to_install():
     with pytest.raises(RuntimeError, match=r"lamini-lm\[gpu\]"):
         apply_vllm(None, teacher, GenerationParams(), None, PipelineConfig())
     with pytest.raises(ImportError, match=r"lamini-lm\[gpu\]"):
-        VLLMTeacher(teacher)
+        VLLMEngine(teacher)
 
 
 @pytest.mark.gpu
@@ -167,7 +167,7 @@ def test_apply_vllm_end_to_end_on_tiny_model(tmp_path, request):
         pytest.skip("needs a CUDA GPU and vllm (pip install 'lamini-lm[gpu]')")
     ray = request.getfixturevalue("ray_local")  # only once we know the test runs
 
-    from lamini.teachers.vllm_engine import apply_vllm
+    from lamini.engines.vllm_engine import apply_vllm
     from lamini.testing.tiny_models import build_tiny_causal_lm
 
     model = build_tiny_causal_lm(tmp_path / "tiny")

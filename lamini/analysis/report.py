@@ -37,11 +37,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lamini.analysis.config import AnalyzeConfig
 from lamini.analysis.embed import (
-    TFIDF_SVD, agg_figure, get_embedder, png_bytes, scatter_png, tsne_2d, tsne_perplexity,
+    TFIDF_SVD,
+    agg_figure,
+    get_embedder,
+    png_bytes,
+    scatter_png,
+    tsne_2d,
+    tsne_perplexity,
 )  # fmt: skip
 from lamini.analysis.stats import StatsAccumulator, SubsetStats, summarise_block
-from lamini.analysis.config import AnalyzeConfig
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -77,7 +83,7 @@ class AnalyzeSummary:
 
 def _toxic_dropped(path: str, found: set[str]) -> bool:
     """`lamini filter-toxic`'s dropped rows: dropped.parquet with its kept.parquet beside it."""
-    from lamini.generate.toxicity import DROPPED, KEPT
+    from lamini.scoring.detoxify import DROPPED, KEPT
 
     folder, name = posixpath.split(path)
     return name == DROPPED and posixpath.join(folder, KEPT) in found

@@ -12,8 +12,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lamini.config import GenerationParams, PipelineConfig, RayInitConfig, StrictModel, TeacherConfig
-from lamini.train.config import StudentModelSpec
+from lamini.config import (
+    GenerationParams,
+    PipelineConfig,
+    RayInitConfig,
+    StrictModel,
+    TeacherConfig,
+)
+from lamini.models.spec import StudentModelSpec
 
 Engine = Literal["auto", "hf", "vllm"]
 
@@ -90,9 +96,9 @@ def _greedy(max_tokens: int) -> GenerationParams:
 
 
 class JudgeConfig(StrictModel):
-    """The LLM judge of the hallucination probe: any teacher backend, a written rubric."""
+    """The LLM judge of the hallucination probe: any engine, a written rubric."""
 
-    teacher: TeacherConfig = Field(description="Judge backend (openai / hf / vllm), as a teacher is configured.")
+    teacher: TeacherConfig = Field(description="Judge engine (openai / hf / vllm), as a teacher is configured.")
     generation: GenerationParams = Field(
         default_factory=lambda: _greedy(256), description="Judge sampling (greedy by default: verdicts reproducible)."
     )
@@ -164,7 +170,7 @@ class EvalConfig(StudentsStage):
 
     tasks: list[str] | None = Field(
         None,
-        description="lm-eval task names; None: the paper's 15 (lamini.evaluate.lm_eval_tasks.PAPER_TASKS).",
+        description="lm-eval task names; None: the paper's 15 (lamini.evaluate.lm_eval.tasks.PAPER_TASKS).",
     )
     metrics: dict[str, str] = Field(
         default_factory=dict,
@@ -235,7 +241,7 @@ class UserOrientedConfig(StudentsStage):
         None,
         description="Downstream category -> regexes (case-insensitive, on the instruction); a drawn instruction "
         "matching one is dropped as covered by the downstream tasks. None: "
-        "lamini.evaluate.user_oriented.DOWNSTREAM_PATTERNS (NLI, sentiment, summarization); {}: drop none.",
+        "lamini.evaluate.probes.user_oriented.DOWNSTREAM_PATTERNS (NLI, sentiment, summarization); {}: drop none.",
     )
     limit: int | None = Field(
         None, ge=1, description="Keep only the first N selected instructions (demos, tests); None: all (the paper)."

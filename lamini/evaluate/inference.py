@@ -19,27 +19,21 @@ model, wrapper, sampling settings and the input rows) equals this run's. The sam
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import importlib.util
-import json
 import logging
-import posixpath
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from lamini.models.templates import wrap
+from lamini.runs.fingerprint import reusable, store, table_digest
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 ROW_INDEX = "row_index"  # input order, kept through the engines (which may reorder rows)
-# Schema-metadata keys of a stamped Parquet file: the sha256 of the whole fingerprint, and a sha256
-# per part (so a mismatch can say which part changed). Hashes only: a part may hold settings that
-# must not be written out in clear.
-FINGERPRINT_KEY = b"lamini.fingerprint"
-FINGERPRINT_PARTS_KEY = b"lamini.fingerprint.parts"
 # The StudentSpec fields that decide which model answers and how it is prompted (not how it is
 # served: batch size, actors, GPUs). `lamini eval` keys its stored results on the same fields.
 MODEL_KEYS = ("base", "family", "gguf_file", "tokenizer", "trust_remote_code", "wrapper", "dtype")
@@ -83,62 +77,6 @@ class Serving:
 def student_model_fields(student: Any) -> dict[str, Any]:
     """The MODEL_KEYS fields of a StudentSpec (what a stored result of this student must match)."""
     return {k: getattr(student, k) for k in MODEL_KEYS}
-
-
-def digest(obj: Any) -> str:
-    """sha256 of obj as canonical JSON (sorted keys): the same value gives the same hash in any run."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def table_digest(table: pa.Table) -> str:
-    """sha256 of a table's column names and values (types aside: a Parquet round trip may change them)."""
-    return digest({"columns": table.column_names, "rows": table.to_pylist()})
-
-
-def stamp(table: pa.Table, parts: dict[str, Any]) -> pa.Table:
-    """`table` with the fingerprint of `parts` (JSON-able values) in its schema metadata, which
-    Parquet keeps: a later run compares it with stale_parts before reusing the file."""
-    hashes = {k: digest(v) for k, v in parts.items()}
-    meta = {**(table.schema.metadata or {}), FINGERPRINT_KEY: digest(hashes).encode(),
-            FINGERPRINT_PARTS_KEY: json.dumps(hashes, sort_keys=True).encode()}  # fmt: skip
-    return table.replace_schema_metadata(meta)
-
-
-def stale_parts(table: pa.Table, parts: dict[str, Any]) -> list[str]:
-    """Why a stored table may not be reused for `parts`: [] when its fingerprint matches, else the
-    parts that differ (or a note that it has no fingerprint, e.g. written by an older lamini)."""
-    meta = table.schema.metadata or {}
-    hashes = {k: digest(v) for k, v in parts.items()}
-    if meta.get(FINGERPRINT_KEY) == digest(hashes).encode():
-        return []
-    try:
-        old = json.loads(meta[FINGERPRINT_PARTS_KEY])
-    except (KeyError, ValueError):
-        return ["it has no fingerprint"]
-    return sorted(k for k in hashes.keys() | old.keys() if hashes.get(k) != old.get(k)) or ["fingerprint"]
-
-
-def reusable(run: RunDir, rel: str, parts: dict[str, Any], redo: str, check: Any = None) -> pa.Table | None:
-    """The table a finished step stored at `rel`, when its stamp matches `parts` (and `check(table)`,
-    if given, names no problem); else None, with a warning saying what differs ("<redo> again")
-    when a file was there. The one reuse rule of the probes' steps (answers, scores, verdicts, grades)."""
-    if not run.exists(rel):
-        return None
-    old = run.read_table(rel)
-    why = stale_parts(old, parts) or (check(old) if check else [])
-    if not why:
-        return old
-    log.warning("%s was written for other inputs (%s differ): %s again", run.uri_of(rel), ", ".join(why), redo)
-    return None
-
-
-def store(run: RunDir, rel: str, table: pa.Table, parts: dict[str, Any]) -> pa.Table:
-    """`table` stamped with `parts` and written to `rel` (atomically, its folder made); returns it stamped."""
-    table = stamp(table, parts)
-    run.makedirs(posixpath.dirname(rel))
-    run.write_table(rel, table)
-    return table
 
 
 def gpus_for(params: int) -> float:
@@ -194,7 +132,7 @@ def plan_serving(student: Any, cluster_gpus: float, have_vllm: bool) -> Serving:
     """StudentSpec + what the cluster has -> Serving. Reads the model config (no weights)."""
     from transformers import AutoConfig
 
-    from lamini.train.models import model_source
+    from lamini.models.loading import model_source
 
     src, kw = model_source(student)
     config = AutoConfig.from_pretrained(src, **kw)
@@ -212,22 +150,6 @@ def plan_serving(student: Any, cluster_gpus: float, have_vllm: bool) -> Serving:
         student=student, engine=engine, engine_reason=reason, family=family, wrapper=wrapper, source=src,
         load_kwargs=kw, model_type=model_type, params=params, num_gpus=num_gpus, device=device, dtype=dtype,
     )  # fmt: skip
-
-
-def wrap(instruction: str, wrapper: str) -> str:
-    """The text a student is given for an instruction: the Alpaca template (as in training) or the raw text."""
-    from lamini.train.data import alpaca_prompt
-
-    return alpaca_prompt(instruction) if wrapper == "alpaca" else instruction
-
-
-def load_for_generation(serving: Serving):
-    """(model in eval mode on serving.device, tokenizer set up for batched generation)."""
-    from lamini.teachers.hf_local import prepare_tokenizer
-    from lamini.train.models import load_student, load_tokenizer
-
-    model = load_student(serving.student, serving.family, serving.dtype).to(serving.device).eval()
-    return model, prepare_tokenizer(load_tokenizer(serving.student), decoder=serving.family == "decoder")
 
 
 def cluster_facts() -> tuple[float, bool]:
@@ -271,14 +193,14 @@ class StudentRun:
 def _run_one(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> pa.Table:
     import ray
 
-    from lamini.evaluate.engines import ENGINES
+    from lamini.engines import student_stage
 
     s = serving.student
     prompts = [wrap(t, serving.wrapper) for t in rows.column("instruction").to_pylist()]
     table = rows.append_column("prompt", pa.array(prompts, pa.string()))
     block = max(1, s.batch_size * 4)
     blocks = [table.slice(i, block) for i in range(0, table.num_rows, block)] or [table]
-    ds = ENGINES[serving.engine](ray.data.from_arrow(blocks), serving, gen, min_tokens=min_tokens)
+    ds = student_stage(serving.engine)(ray.data.from_arrow(blocks), serving, gen, min_tokens=min_tokens)
     refs = ds.to_arrow_refs()
     parts = [t for t in ray.get(refs) if t.num_rows]
     out = pa.concat_tables(parts, promote_options="default") if parts else table.slice(0, 0)

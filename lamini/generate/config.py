@@ -22,7 +22,7 @@ from lamini.config import (
     StrictModel,
     TeacherConfig,
 )
-
+from lamini.scoring.config import ToxicitySettings
 
 # Seed formats whose examples are long: the paper asks for 10 instructions per call, not 20.
 LONG_SEED_FORMATS = frozenset({"p3", "flan"})
@@ -105,7 +105,7 @@ class InstructionsConfig(StrictModel):
 
     run_dir: str = Field("runs/instructions", description="Run directory (local path or URI); re-running resumes it.")
     sources: list[GenerationSourceSpec] = Field(min_length=1, description="Sources to generate, each with its target.")
-    teacher: TeacherConfig = Field(default_factory=HFTeacherConfig, description="Teacher backend and its settings.")
+    teacher: TeacherConfig = Field(default_factory=HFTeacherConfig, description="Teacher engine and its settings.")
     generation: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_tokens=1024, temperature=1.0),
         description="Sampling parameters for instruction generation.",
@@ -118,22 +118,7 @@ class InstructionsConfig(StrictModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
-    _default_backend = field_validator("teacher", mode="before")(ResponsesConfig._default_backend.__func__)
-
-
-class ToxicitySettings(StrictModel):
-    """How rows are scored with detoxify and which are dropped (used alone or inside `dataset`)."""
-
-    model: str = Field(
-        "original",
-        description="detoxify model type (original, unbiased, multilingual) or a local checkpoint file (.ckpt).",
-    )
-    threshold: float = Field(0.5, gt=0, le=1, description="Drop a row whose score on `label` is above this in any column.")
-    label: str = Field("toxicity", description="Which detoxify output the threshold applies to.")
-    columns: list[str] = Field(default_factory=lambda: ["instruction", "response"], description="Text columns scored.")
-    batch_size: int = Field(64, ge=1, description="Texts per detoxify forward pass.")
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
-    ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
+    _default_engine = field_validator("teacher", mode="before")(ResponsesConfig._default_engine.__func__)
 
 
 class ToxicityConfig(ToxicitySettings):
@@ -180,7 +165,7 @@ class DatasetConfig(StrictModel):
             filters=self.filters, budget=self.budget, on_error=self.on_error, pipeline=self.pipeline, ray=self.ray,
         )  # fmt: skip
 
-    _default_backend = field_validator("teacher", mode="before")(ResponsesConfig._default_backend.__func__)
+    _default_engine = field_validator("teacher", mode="before")(ResponsesConfig._default_engine.__func__)
 
     @field_validator("originals", mode="after")
     @classmethod

@@ -77,8 +77,8 @@ def run_dataset(cfg: Any) -> DatasetSummary:
     """Run or resume the whole dataset build for a DatasetConfig."""
     from lamini.generate.instructions import generate_instructions
     from lamini.generate.responses import read_inputs
-    from lamini.generate.teacher_run import answer_table
     from lamini.runs import manifest as mf
+    from lamini.runs.answer import answer_table
 
     t0 = time.time()
     run = RunDir(cfg.run_dir)
@@ -119,8 +119,8 @@ def run_dataset(cfg: Any) -> DatasetSummary:
 
     report_path = None
     if cfg.analyze:
-        from lamini.analysis.report import run_analyze
         from lamini.analysis.config import AnalyzeConfig
+        from lamini.analysis.report import run_analyze
 
         rep = run_analyze(AnalyzeConfig(input=run.uri, seed=cfg.seed, ray=cfg.ray))
         report_path = rep.report_path

@@ -6,7 +6,7 @@ Each predicate takes one text and returns a drop reason (a string of :data:`DROP
 or ``None``. :func:`apply_filters` runs them in a fixed order over a table column and drops
 a row for the first one that fires, so every dropped row has exactly one reason and
 ``kept.num_rows + sum(counts.values()) == table.num_rows``. Near-duplicates (ROUGE-L against
-seeds and accepted instructions) are a separate stage, :mod:`lamini.generate.neardup`.
+seeds and accepted instructions) are a separate stage, :mod:`lamini.generate.dedup.neardup`.
 
 Where Stanford Alpaca's ``generate_instruction.py`` post-processing has a rule, these follow
 it: word-count bounds, the keyword blacklist matched as whole words, and dropping

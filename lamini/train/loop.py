@@ -95,6 +95,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    from lamini.models.loading import count_params, load_student, load_tokenizer
     from lamini.runs.rundir import RunDir
     from lamini.train.config import TrainConfig
     from lamini.train.data import (
@@ -109,7 +110,6 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         param_split,
         train_flops,
     )
-    from lamini.train.models import count_params, load_student, load_tokenizer
     from lamini.train.strategy import (
         DeepSpeedStrategy,
         deepspeed_config,

@@ -91,9 +91,9 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
     """One Ray Data batch of rows -> one row: (rows, examples kept, their tokens)."""
     import numpy as np
 
+    from lamini.models.loading import load_tokenizer
     from lamini.train.config import TrainConfig
     from lamini.train.data import ExampleEncoder
-    from lamini.train.models import load_tokenizer
 
     key = (config_json, family)
     if key not in _ENCODERS:
@@ -178,6 +178,7 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from lamini.models.loading import resolve_family
     from lamini.runs.rundir import RunDir
     from lamini.train.config import DEFAULT_LR
     from lamini.train.loop import (
@@ -185,7 +186,6 @@ def build_trainer(
         plan_steps,
         train_loop_per_worker,
     )
-    from lamini.train.models import resolve_family
 
     family = resolve_family(cfg.model)
     # Epochs runs plan their steps from the sequences the workers will see (one pass that counts

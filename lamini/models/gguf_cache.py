@@ -1,6 +1,6 @@
 """A dequantised copy of a local GGUF model, made once per machine and loaded from then on.
 
-    from lamini.gguf_cache import loadable
+    from lamini.models.gguf_cache import loadable
     src, kw = loadable(src, {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "trust_remote_code": False})
     model = AutoModelForCausalLM.from_pretrained(src, **kw)   # a safetensors folder, no gguf_file
 
@@ -80,7 +80,12 @@ def loadable(src: str, kw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     kw = {"gguf_file": path.name, "trust_remote_code": trust_remote_code}
     src = str(path.parent)

@@ -56,8 +56,8 @@ def answer_table(
     """Send every row of `table` with no result in `run` yet through the teacher, then finalize."""
     import ray
 
+    from lamini.engines import engine_stage
     from lamini.runs.ray_env import init_ray
-    from lamini.teachers import teacher_stage
 
     done = scan_shards(run)
     skip = done.ok if retry_errors else (done.ok | done.failed)
@@ -75,7 +75,7 @@ def answer_table(
         # measured at 0.6-1.5 s of start-up on 2 cores. It is a DeveloperAPI, hence the fallback.
         make = getattr(ray.data, "from_blocks", ray.data.from_arrow)
         ds = make(_blocks(pending, pipeline.rows_per_block))
-        ds = teacher_stage(teacher)(ds, teacher, generation, system_prompt, pipeline)
+        ds = engine_stage(teacher)(ds, teacher, generation, system_prompt, pipeline)
         ds.write_parquet(run.uri_of(SHARDS))
         pipeline_s = time.time() - t0
     # Nothing written since the scan above: it still describes the shards, so reuse it.

@@ -5,11 +5,11 @@ Plan of a run (every step resumable: a re-run reuses the files a step finished):
     questions (JSONL id, question, category)
       -> every student answers (lamini.evaluate.inference, one actor pool per student)
            run/answers/<student>.parquet
-      -> every LLM judge grades every answer with the written rubric (any teacher backend, on
+      -> every LLM judge grades every answer with the written rubric (any engine, on
          the teacher actor pool), keeping its reason: run/verdicts/<judge>.parquet, reused by a
          re-run only for the same answers and judge settings (verdict_parts)
       -> run/ratings_sheet.csv: the rating sheet for people (answers + the LLM's verdict)
-      -> filled sheets listed in `ratings` are imported as human judges (lamini.evaluate.ratings)
+      -> filled sheets listed in `ratings` are imported as human judges (lamini.evaluate.probes.ratings)
       -> run/table5.md, table5.json, table5.png: hallucinated answers per student and judge,
          in total and per category (lower is better), and how often the judges agree.
 
@@ -29,11 +29,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from lamini.evaluate import judging
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
-from lamini.evaluate.inference import reusable, store, table_digest
-from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, settings_tag, slug
+from lamini.evaluate.probes import judging
+from lamini.evaluate.probes.judging import (
+    ask_judge,
+    judge_name,
+    judge_settings,
+    request_id,
+    settings_tag,
+    slug,
+)
+from lamini.evaluate.probes.ratings import VERDICT_SCHEMA
 from lamini.runs import manifest as mf
+from lamini.runs.fingerprint import reusable, store, table_digest
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -41,17 +49,6 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("did_not_happen", "far_future", "nonsense", "obscure")
 CATEGORY_TITLES = {"did_not_happen": "Did not happen", "far_future": "Far future", "nonsense": "Nonsense", "obscure": "Obscure"}
 VERDICTS = ("rejected", "hallucinated")
-VERDICT_SCHEMA = pa.schema(
-    [
-        ("student", pa.string()),
-        ("question_id", pa.string()),
-        ("category", pa.string()),
-        ("verdict", pa.string()),  # rejected | hallucinated | null (unjudged)
-        ("reason", pa.string()),
-        ("judge", pa.string()),
-        ("error_kind", pa.string()),
-    ]
-)
 _VERDICT = re.compile(r"verdict\W*(rejected|hallucinated)", re.I)
 _REASON = re.compile(r"reason\W*(.+)", re.I | re.S)
 
@@ -116,7 +113,7 @@ def verdict_parts(judge: JudgeConfig, answers: pa.Table) -> dict[str, Any]:
 
 def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) -> pa.Table:
     """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows,
-    in order. The requests go through lamini.evaluate.judging.ask_judge (resumable, stored under
+    in order. The requests go through lamini.evaluate.probes.judging.ask_judge (resumable, stored under
     run/judges/<judge>/)."""
     name = judge_name(judge)
     settings = judge_settings(judge, load_rubric(judge.rubric))
@@ -171,14 +168,14 @@ def count_table5(verdicts: pa.Table, students: list[str]) -> dict[str, dict[str,
 
 def agreement(a: pa.Table, b: pa.Table) -> dict[str, Any]:
     """Two judges over the answers both graded -> {n, agree (fraction), cohen_kappa}."""
-    from lamini.evaluate.report import agreement as judge_agreement
+    from lamini.reporting import agreement as judge_agreement
 
     return judge_agreement(a, b, ("student", "question_id"), "verdict")
 
 
 def render_table5(counts: dict[str, dict[str, dict[str, Any]]], n_questions: dict[str, int], agree: dict) -> str:
     """{judge: {student: cell}} -> Markdown: one Table 5 per judge, then judge agreement."""
-    from lamini.evaluate.report import md_table
+    from lamini.reporting import md_table
 
     parts = ["# Hallucination probe (Table 5)", "",
              "Answers that accept the false premise (hallucinated), out of "
@@ -203,7 +200,7 @@ def render_table5(counts: dict[str, dict[str, dict[str, Any]]], n_questions: dic
 
 def plot_table5(run: RunDir, counts: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Grouped bars: hallucinated answers per student, one bar per judge."""
-    from lamini.evaluate.report import grouped_bars
+    from lamini.reporting import grouped_bars
 
     students = list(next(iter(counts.values())))
     series = {judge: [by[s]["total"] for s in students] for judge, by in counts.items()}
@@ -238,7 +235,7 @@ class HallucinationSummary:
 def run_hallucination(cfg: HallucinationConfig) -> HallucinationSummary:
     """Answers, LLM verdicts, the rating sheet, imported human verdicts, Table 5. See the module doc."""
     from lamini.evaluate.inference import generate_for_students
-    from lamini.evaluate.ratings import export_sheet, import_sheet
+    from lamini.evaluate.probes.ratings import export_sheet, import_sheet
 
     t0 = time.time()
     run = RunDir(cfg.run_dir)

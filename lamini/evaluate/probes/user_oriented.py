@@ -9,7 +9,7 @@ Plan of a run (resumable: responses and LLM grades a finished step wrote are reu
          records the seed, the rows kept and every row dropped with its reason
       -> every student responds (lamini.evaluate.inference; the instruction and its input joined
          as "$instruction:$input"): run/responses/<student>.parquet
-      -> blinded rating sheets for people, CSV + HTML (lamini.evaluate.sheets): run/sheets/
+      -> blinded rating sheets for people, CSV + HTML (lamini.evaluate.probes.sheets): run/sheets/
       -> every LLM judge grades every response A-D with the Table 7 rubric, `judge_votes` times,
          keeping the majority and the reasons: run/grades/<judge>.parquet
       -> filled sheets listed in `ratings` are checked and un-blinded as the judge `human`
@@ -32,12 +32,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from lamini.evaluate import judging
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
-from lamini.evaluate.inference import ROW_INDEX, reusable, store, table_digest
-from lamini.evaluate.judging import ask_judge, judge_name, judge_settings, request_id, settings_tag, slug
-from lamini.evaluate.sheets import CRITERIA, GRADES
+from lamini.evaluate.inference import ROW_INDEX
+from lamini.evaluate.probes import judging
+from lamini.evaluate.probes.judging import (
+    ask_judge,
+    judge_name,
+    judge_settings,
+    request_id,
+    settings_tag,
+    slug,
+)
+from lamini.evaluate.probes.sheets import CRITERIA, GRADES
 from lamini.runs import manifest as mf
+from lamini.runs.fingerprint import reusable, store, table_digest
 from lamini.runs.rundir import RunDir
 
 # Instructions the paper's downstream tasks (Table 8: NLI, sentiment, summarization) already
@@ -161,7 +169,7 @@ def majority(votes: list[str]) -> str | None:
 def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunDir, ray_cfg: Any) -> pa.Table:
     """Every response (student, id, raw prompt in `instruction`, response, error) -> GRADE_SCHEMA
     rows in the same order. Each response is sent `votes` times through
-    lamini.evaluate.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or
+    lamini.evaluate.probes.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or
     unparseable votes are left out of the majority, and a response with no vote left is unjudged."""
     name, rubric = judge_name(judge), load_rubric(judge.rubric)
     tag = settings_tag(judge_settings(judge, rubric))
@@ -200,7 +208,7 @@ def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunD
 
 def agreement(a: pa.Table, b: pa.Table) -> dict[str, Any]:
     """Two judges' grades over the responses both graded -> {n, agree (fraction), cohen_kappa}."""
-    from lamini.evaluate.report import agreement as judge_agreement
+    from lamini.reporting import agreement as judge_agreement
 
     return judge_agreement(a, b, ("student", "instruction_id"), "grade")
 
@@ -226,7 +234,7 @@ def count_grades(grades: pa.Table, students: list[str]) -> dict[str, dict[str, i
 
 def render_markdown(counts: dict[str, dict[str, dict[str, int]]], n: int, agree: dict[str, Any]) -> str:
     """{judge: {student: counts}} -> Markdown: one Figure 5 table per judge, then judge agreement."""
-    from lamini.evaluate.report import md_table
+    from lamini.reporting import md_table
 
     parts = ["# User-oriented evaluation (Figure 5)", "",
              f"{n} user-oriented instructions, each response graded A-D (Table 7). % of the graded responses.", "",
@@ -247,7 +255,7 @@ LEGEND = {"A": "acceptable", "B": "minor errors", "C": "significant errors", "D"
 
 
 def plot_figure5(run: RunDir, judge: str, by: dict[str, dict[str, int]]) -> str:
-    from lamini.evaluate.report import stacked_bars
+    from lamini.reporting import stacked_bars
 
     shares = {f"{g}: {LEGEND[g]}": [100 * c[g] / c["rated"] if c["rated"] else 0 for c in by.values()] for g in GRADES}
     colors = ["#2e7d32", "#9ccc65", "#ffb74d", "#e53935"]
@@ -303,7 +311,7 @@ def _llm_grades(cfg: UserOrientedConfig, run: RunDir, responses: pa.Table) -> di
 def _human_grades(paths: list[str], run: RunDir, responses: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     """Filled sheets -> (the judge `human`'s grades in GRADE_SCHEMA, responses in order; what was
     imported). Responses whose sheet was not given are unjudged (`unrated`)."""
-    from lamini.evaluate.sheets import import_ratings
+    from lamini.evaluate.probes.sheets import import_ratings
 
     rated, info = import_ratings(paths, json.loads(run.read_text("sheets/key.json")))
     got = {(r["student"], r["instruction_id"]): r for r in rated}
@@ -322,7 +330,7 @@ def _human_grades(paths: list[str], run: RunDir, responses: pa.Table) -> tuple[p
 def run_user_oriented(cfg: UserOrientedConfig) -> UserOrientedSummary:
     """Selection, responses, rating sheets, LLM grades, imported human grades, Figure 5. See the module doc."""
     from lamini.evaluate.inference import generate_for_students
-    from lamini.evaluate.sheets import write_sheets
+    from lamini.evaluate.probes.sheets import write_sheets
 
     t0 = time.time()
     run = RunDir(cfg.run_dir)

@@ -19,6 +19,19 @@ import pyarrow as pa
 
 from lamini.runs.rundir import RunDir
 
+# One verdict per (student, question, judge): the LLM judges' and the people's alike.
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("student", pa.string()),
+        ("question_id", pa.string()),
+        ("category", pa.string()),
+        ("verdict", pa.string()),  # rejected | hallucinated | null (unjudged)
+        ("reason", pa.string()),
+        ("judge", pa.string()),
+        ("error_kind", pa.string()),
+    ]
+)
+
 SHEET = "ratings_sheet.csv"
 COLUMNS = ["student", "question_id", "category", "question", "answer", "llm_judge", "llm_verdict", "llm_reason",
            "verdict", "rater", "notes"]  # fmt: skip
@@ -51,15 +64,15 @@ def export_sheet(run: RunDir, answers: pa.Table, verdicts: dict[str, pa.Table]) 
 
 
 def import_sheet(path: str, answers: pa.Table) -> tuple[str, pa.Table]:
-    """A filled sheet -> (judge name, verdicts in lamini.evaluate.hallucination.VERDICT_SCHEMA).
+    """A filled sheet -> (judge name, verdicts in VERDICT_SCHEMA).
 
     The judge is `human:<rater>` when the sheet names one rater, else `human:<file stem>`.
     Raises CorpusError (file:line) for a missing column, an unknown verdict, a row that is not
     one of this run's answers, or a row repeated.
     """
     from lamini.corpus import CorpusError
-    from lamini.evaluate.hallucination import VERDICT_SCHEMA
-    from lamini.evaluate.sheets import csv_rows
+    from lamini.evaluate.probes.ratings import VERDICT_SCHEMA
+    from lamini.evaluate.probes.sheets import csv_rows
 
     known = {(r["student"], r["id"]): r["category"] for r in answers.select(["student", "id", "category"]).to_pylist()}
     rows: dict[tuple[str, str], dict[str, Any]] = {}

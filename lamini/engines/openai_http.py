@@ -1,4 +1,4 @@
-"""The `openai` teacher backend: any OpenAI-compatible chat-completions endpoint over HTTP.
+"""The `openai` engine: any OpenAI-compatible chat-completions endpoint over HTTP.
 
 In: a list of ChatRequest; out: one ChatResult per request, same order. A request that
 still fails after retries comes back with `error` / `error_kind` set; nothing raises.
@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from lamini.config import OpenAITeacherConfig
-from lamini.teachers.base import ChatRequest, ChatResult
+from lamini.engines.base import ChatRequest, ChatResult
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,8 @@ class _LoopState:
         self.client = client  # aiohttp.ClientSession or openai.AsyncOpenAI
 
 
-class OpenAITeacher:
-    """Teacher for an OpenAI-compatible endpoint.
+class OpenAIEngine:
+    """Engine for an OpenAI-compatible endpoint.
 
     cfg: the OpenAITeacherConfig. share: this instance's fraction of the run-wide rate
     limits (the pipeline passes 1/max_actors). Raises ValueError at construction if the key
@@ -186,7 +186,7 @@ class OpenAITeacher:
 
     def __repr__(self) -> str:
         c = self.cfg
-        return (f"OpenAITeacher(model={c.model!r}, base_url={c.base_url!r}, api_type={c.api_type!r}, "
+        return (f"OpenAIEngine(model={c.model!r}, base_url={c.base_url!r}, api_type={c.api_type!r}, "
                 f"http_client={c.http_client!r}, api_key_env={c.api_key_env!r}, share={self.share})")
 
     def __reduce__(self) -> tuple:
@@ -195,10 +195,10 @@ class OpenAITeacher:
         return (type(self), (self.cfg, self.share))
 
     def describe(self) -> dict[str, Any]:
-        """Manifest-safe description: backend, endpoint, limits. Never the key, only whether one is set."""
+        """Manifest-safe description: engine, endpoint, limits. Never the key, only whether one is set."""
         c = self.cfg
         return {
-            "backend": "openai", "model": c.model, "base_url": c.base_url, "api_type": c.api_type,
+            "engine": "openai", "model": c.model, "base_url": c.base_url, "api_type": c.api_type,
             "api_version": c.api_version, "api_key_env": c.api_key_env, "api_key_set": self._key() is not None,
             "http_client": c.http_client, "max_in_flight": c.max_in_flight, "share": self.share,
             "requests_per_minute": c.requests_per_minute, "tokens_per_minute": c.tokens_per_minute,
@@ -220,7 +220,7 @@ class OpenAITeacher:
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("OpenAITeacher.generate() called inside a running event loop: await agenerate()")
+            raise RuntimeError("OpenAIEngine.generate() called inside a running event loop: await agenerate()")
         if self._private_loop is None or self._private_loop.is_closed():
             self._private_loop = asyncio.new_event_loop()
         return self._private_loop.run_until_complete(self.agenerate(requests))

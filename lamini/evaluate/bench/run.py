@@ -9,7 +9,7 @@ How a point is measured. Each (student, engine) gets one Ray actor (bench_actor.
 sized as the student is served (`plan_serving`: GPUs by parameter count on a GPU cluster, else
 `num_cpus_per_actor` CPUs), which loads the model once. For each batch size it runs `warmup_batches` untimed batches,
 then `n_prompts` requests in consecutive batches of that size, each batch one engine call
-(HF: one `generate()` through the same HFStudentUDF the inference actors use; vLLM: one
+(HF: one `generate()` through the same HFEngine the inference actors use; vLLM: one
 `LLM.generate` of the batch). EOS is ignored (HF `min_new_tokens` = vLLM `ignore_eos`), so every
 request writes exactly max_tokens tokens and points compare like with like. A request's latency
 is its batch's wall time (the caller waits for the whole batch). The (student, engine) pairs run
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from itertools import cycle, islice
 from typing import Any
 
-from lamini.evaluate.bench_actor import StudentBench
+from lamini.evaluate.bench.actor import StudentBench
 from lamini.runs.rundir import RunDir
 
 JSON_NAME = "bench_students.json"
@@ -86,7 +86,7 @@ def load_prompts(path: str | None) -> tuple[list[str], str]:
     raises CorpusError (a ValueError) naming the file and line."""
     from lamini.corpus import CorpusError
     from lamini.corpus.sources import jsonl_objects
-    from lamini.evaluate.hallucination import packaged_questions
+    from lamini.evaluate.probes.hallucination import packaged_questions
 
     source = path or packaged_questions()
     out = []
@@ -173,7 +173,8 @@ def _bench_pair(serving: Any, prompts: list[str], cfg: Any) -> tuple[dict[str, A
 
 def run_bench_students(cfg: Any) -> BenchSummary:
     """cfg: a BenchStudentsConfig -> BenchSummary; writes bench_students.json and .png in cfg.run_dir."""
-    from lamini.evaluate.inference import cluster_facts, plan_serving, wrap
+    from lamini.evaluate.inference import cluster_facts, plan_serving
+    from lamini.models.templates import wrap
     from lamini.runs.manifest import environment
     from lamini.runs.ray_env import init_ray
 

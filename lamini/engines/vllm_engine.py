@@ -1,14 +1,14 @@
-"""The `vllm` backend: vLLM engines on GPUs through Ray's own `ray.data.llm` processor.
+"""The `vllm` engine: vLLM engines on GPUs through Ray's own `ray.data.llm` processor.
 
-`apply_vllm(ds, ...)` is this backend's Ray Data stage: rows with `id`, `prompt`, ...
+`apply_vllm(ds, ...)` is this engine's Ray Data stage for the teacher: rows with `id`, `prompt`, ...
 in; the same rows with RESULT_COLUMNS (plus `teacher`, `completed_at`, as
-lamini.teachers.actors writes them) out. Ray's processor runs the chat template,
+lamini.engines.actors writes them) out. Ray's processor runs the chat template,
 tokenizer, vLLM engine actors and detokenizer; this module only maps our rows into and
-out of it, with pure functions testable without vLLM or a GPU. `VLLMTeacher` is the same
-backend in-process (`vllm.LLM.chat`) for the small Teacher interface.
+out of it, with pure functions testable without vLLM or a GPU. `VLLMEngine` is the same
+engine in-process (`vllm.LLM`) behind the small Engine interface.
 
 vllm is the optional `[gpu]` extra: it is imported only inside the engine actors (by Ray)
-and by `VLLMTeacher`, never when this module is imported.
+and by `VLLMEngine`, never when this module is imported.
 
 Ray 2.60's processor columns, read in ray/llm/_internal/batch/stages/:
   chat_template_stage.py  reads `messages`, writes `prompt` (the templated text)
@@ -35,7 +35,12 @@ import time
 from functools import partial
 from typing import Any
 
-from lamini.teachers.base import ChatRequest, ChatResult, build_request, result_to_columns
+from lamini.engines.base import (
+    ChatRequest,
+    ChatResult,
+    build_request,
+    result_to_columns,
+)
 
 PROMPT_COLUMN = "prompt"  # lamini.corpus.CORPUS_SCHEMA: the text the teacher is sent
 INSTALL_HINT = "pip install 'lamini-lm[gpu]'"
@@ -68,6 +73,8 @@ def sampling_params_of(req: ChatRequest) -> dict[str, Any]:
     params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p}
     if req.seed is not None:
         params["seed"] = req.seed
+    if req.min_tokens:
+        params["min_tokens"] = req.min_tokens
     return params
 
 
@@ -137,7 +144,7 @@ def from_vllm_row(row: dict[str, Any], max_model_len: int | None = None) -> dict
     return out
 
 
-def results_table(batch, label: str, max_model_len: int | None = None):
+def results_table(batch, label: str, max_model_len: int | None = None, label_column: str = "teacher"):
     """A pyarrow batch out of the processor -> input columns + RESULT_SCHEMA columns, typed.
 
     Typed on purpose: a block whose rows all succeeded would otherwise get a `null`-typed
@@ -146,40 +153,92 @@ def results_table(batch, label: str, max_model_len: int | None = None):
     """
     import pyarrow as pa
 
-    from lamini.teachers.actors import RESULT_SCHEMA
+    from lamini.engines.base import RESULT_SCHEMA
 
     rows = [from_vllm_row(r, max_model_len) for r in batch.to_pylist()]
     now = time.time()
     for r in rows:
-        r["teacher"] = label
+        r[label_column] = label
         r["completed_at"] = now
-    result_names = set(RESULT_SCHEMA.names)
+    result_schema = [f.with_name(label_column) if f.name == "teacher" else f for f in RESULT_SCHEMA]
+    result_names = set(RESULT_SCHEMA.names) | {label_column}
     fields = []
     for name in batch.schema.names:
         if name.startswith(STASH):
             fields.append(batch.schema.field(name).with_name(name[len(STASH) :]))
         elif not _is_engine_column(name) and name not in result_names:
             fields.append(batch.schema.field(name))
-    schema = pa.schema(fields + list(RESULT_SCHEMA))
+    schema = pa.schema(fields + result_schema)
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def vllm_engine_kwargs(
+    model_cfg: Any, *, dtype: str = "auto", num_gpus: float = 1.0, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """The vLLM engine arguments for a teacher config or a student spec (both have
+    tensor_parallel_size, max_model_len and engine_kwargs): the one place they are built, for
+    Ray's processor, the in-process engine and the student benchmark alike.
+
+    An engine smaller than a GPU (num_gpus < 1) gets the same fraction of GPU memory, so several
+    engines share one GPU (vLLM otherwise claims 90% of the device). engine_kwargs win.
+    """
+    kwargs: dict[str, Any] = {"tensor_parallel_size": model_cfg.tensor_parallel_size}
+    if dtype != "auto":
+        kwargs["dtype"] = dtype
+    if model_cfg.max_model_len is not None:
+        kwargs["max_model_len"] = model_cfg.max_model_len
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if num_gpus < 1:
+        kwargs["gpu_memory_utilization"] = round(0.9 * num_gpus, 3)
+    kwargs.update(model_cfg.engine_kwargs)
+    return kwargs
 
 
 def processor_config(teacher_cfg: Any, pipeline: Any):
     """VLLMTeacherConfig + PipelineConfig -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    engine_kwargs = {**teacher_cfg.engine_kwargs, "tensor_parallel_size": teacher_cfg.tensor_parallel_size}
-    if teacher_cfg.max_model_len is not None:
-        engine_kwargs["max_model_len"] = teacher_cfg.max_model_len
     return vLLMEngineProcessorConfig(
         model_source=teacher_cfg.model,
-        engine_kwargs=engine_kwargs,
+        engine_kwargs=vllm_engine_kwargs(teacher_cfg),
         batch_size=teacher_cfg.batch_size,
         concurrency=(pipeline.min_actors, pipeline.max_actors),
         accelerator_type=teacher_cfg.accelerator_type,
-        # A failed row becomes an error result (as for every backend) instead of failing
+        # A failed row becomes an error result (as for every engine) instead of failing
         # the whole Ray Data job.
         should_continue_on_error=True,
+    )
+
+
+def student_processor_config(serving: Any):
+    """Serving -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM; unit-tested on CPU).
+
+    A student smaller than a GPU gets a fractional GPU bundle (and, from vllm_engine_kwargs, the
+    same fraction of GPU memory), so several engines share one GPU.
+    """
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    s = serving.student
+    extra: dict[str, Any] = {}
+    if serving.num_gpus < 1:
+        extra["placement_group_config"] = {
+            "bundles": [{"CPU": 1, "GPU": serving.num_gpus}] * s.tensor_parallel_size,
+            "strategy": "PACK",
+        }
+    return vLLMEngineProcessorConfig(
+        model_source=serving.source,
+        engine_kwargs=vllm_engine_kwargs(
+            s, dtype=serving.dtype, num_gpus=serving.num_gpus, trust_remote_code=s.trust_remote_code
+        ),
+        batch_size=s.batch_size,
+        concurrency=(s.min_actors, s.max_actors),
+        # Students are not chat models: the prompt column is already the text they continue.
+        chat_template_stage=False,
+        tokenize_stage=True,
+        detokenize_stage=True,
+        should_continue_on_error=True,
+        **extra,
     )
 
 
@@ -196,10 +255,25 @@ def _check_can_run() -> None:
     gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     if not gpus:
         raise RuntimeError(
-            "teacher backend 'vllm' needs vLLM on GPU nodes: vllm is not installed here and the "
+            "engine 'vllm' needs vLLM on GPU nodes: vllm is not installed here and the "
             f"Ray cluster has no GPU. Install it with `{INSTALL_HINT}` on a GPU machine, or use "
-            "the 'hf' or 'openai' backend."
+            "the 'hf' or 'openai' engine."
         )
+
+
+def _through_processor(ds, config, to_row, label: str, max_model_len: int | None, label_column: str):
+    """The one vLLM stage: rows -> processor rows (to_row) -> Ray's processor -> result rows."""
+    from ray.data.llm import build_processor
+
+    # Identity pre/postprocess: our own maps around the processor can rename and drop
+    # columns (a processor preprocess can only add), and error rows skip its postprocess.
+    processor = build_processor(config)
+    ds = processor(ds.map(to_row))
+    return ds.map_batches(
+        results_table,
+        fn_kwargs={"label": label, "max_model_len": max_model_len, "label_column": label_column},
+        batch_format="pyarrow",
+    )
 
 
 def apply_vllm(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeline: Any):
@@ -208,42 +282,41 @@ def apply_vllm(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeli
     teacher_cfg: VLLMTeacherConfig; gen: GenerationParams; pipeline: PipelineConfig (its
     min/max_actors size the engine pool). Lazy like every Ray Data stage.
     """
-    from ray.data.llm import build_processor
-
-    from lamini.teachers.actors import teacher_label
+    from lamini.engines.actors import teacher_label
 
     _check_can_run()
-    # Identity pre/postprocess: our own maps around the processor can rename and drop
-    # columns (a processor preprocess can only add), and error rows skip its postprocess.
-    processor = build_processor(processor_config(teacher_cfg, pipeline))
-    ds = ds.map(partial(to_vllm_row, system_prompt=system_prompt, gen=gen))
-    ds = processor(ds)
-    return ds.map_batches(
-        results_table,
-        fn_kwargs={"label": teacher_label(teacher_cfg), "max_model_len": teacher_cfg.max_model_len},
-        batch_format="pyarrow",
-    )
+    to_row = partial(to_vllm_row, system_prompt=system_prompt, gen=gen)
+    config = processor_config(teacher_cfg, pipeline)
+    return _through_processor(ds, config, to_row, teacher_label(teacher_cfg), teacher_cfg.max_model_len, "teacher")
 
 
-class VLLMTeacher:
-    """vllm.LLM in this process as a Teacher: `generate(requests) -> results`, `close()`."""
+def apply_vllm_student(ds, serving: Any, gen: Any, min_tokens: int = 0):
+    """Map `ds` (needs `prompt`, the finished text) through a student's vLLM engine actors.
+    min_tokens > 0: ignore EOS (benchmarks)."""
+    to_row = partial(to_vllm_text_row, text_column="prompt", gen=gen, ignore_eos=bool(min_tokens))
+    s = serving.student
+    return _through_processor(ds, student_processor_config(serving), to_row, f"vllm:{s.name}", s.max_model_len, "engine")
+
+
+class VLLMEngine:
+    """vllm.LLM in this process as an Engine: `generate(requests) -> results`, `close()`.
+
+    Chat requests go through the model's chat template (`LLM.chat`); text requests (students)
+    are continued as they are (`LLM.generate`)."""
 
     def __init__(self, cfg: Any):
         """cfg: a lamini.config.VLLMTeacherConfig. Starts the engine; raises without vllm."""
         try:
             import vllm
         except ImportError as e:
-            raise ImportError(f"teacher backend 'vllm' needs vLLM and a GPU: `{INSTALL_HINT}`") from e
+            raise ImportError(f"engine 'vllm' needs vLLM and a GPU: `{INSTALL_HINT}`") from e
         self.cfg = cfg
         self._vllm = vllm
-        kwargs = {**cfg.engine_kwargs, "tensor_parallel_size": cfg.tensor_parallel_size}
-        if cfg.max_model_len is not None:
-            kwargs["max_model_len"] = cfg.max_model_len
-        self.llm = vllm.LLM(model=cfg.model, **kwargs)
+        self.llm = vllm.LLM(model=cfg.model, **vllm_engine_kwargs(cfg))
 
     def describe(self) -> dict[str, Any]:
-        """What the run manifest records about this teacher."""
-        return {"backend": "vllm", "model": self.cfg.model, "tensor_parallel_size": self.cfg.tensor_parallel_size}
+        """What the run manifest records about this engine."""
+        return {"engine": "vllm", "model": self.cfg.model, "tensor_parallel_size": self.cfg.tensor_parallel_size}
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """One result per request, in order; a failed batch returns error results."""
@@ -252,7 +325,10 @@ class VLLMTeacher:
         params = [self._vllm.SamplingParams(**sampling_params_of(r)) for r in requests]
         t0 = time.perf_counter()
         try:
-            outputs = self.llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
+            if all(r.text is not None for r in requests):
+                outputs = self.llm.generate([r.text for r in requests], sampling_params=params, use_tqdm=False)
+            else:
+                outputs = self.llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - the batch fails, the run goes on
             msg = f"{type(e).__name__}: {e}"
             latency = time.perf_counter() - t0
@@ -272,6 +348,9 @@ class VLLMTeacher:
             )
         return results
 
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        return self.generate(requests)
+
     def close(self) -> None:
         """Drop the engine (frees its GPU memory once collected)."""
         self.llm = None
@@ -279,8 +358,11 @@ class VLLMTeacher:
 
 
 __all__ = [
-    "VLLMTeacher",
+    "VLLMEngine",
     "apply_vllm",
+    "apply_vllm_student",
+    "student_processor_config",
+    "vllm_engine_kwargs",
     "from_vllm_row",
     "processor_config",
     "results_table",

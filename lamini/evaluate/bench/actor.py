@@ -2,18 +2,18 @@
 
 `StudentBench(serving, prompts, max_tokens, warmup_batches)` runs as a Ray actor sized as the
 student is served; `measure(batch_size)` returns one point's record (the keys of
-lamini.evaluate.bench.DEFINITIONS). HF points go through the same HFStudentUDF the inference actors
+lamini.evaluate.bench.run.DEFINITIONS). HF points go through the same HFEngine the inference actors
 use; vLLM points through one `LLM.generate` per batch. torch and vllm load inside the actor.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import resource
 import threading
 import time
+from functools import partial
 from itertools import cycle, islice
 from typing import Any
 
@@ -84,11 +84,13 @@ class StudentBench:
 
     def _load_hf(self) -> None:
         from lamini.config import GenerationParams
-        from lamini.evaluate.engines import HFStudentUDF
+        from lamini.engines.base import text_request
+        from lamini.engines.hf_local import HFEngine
 
         gen = GenerationParams(max_tokens=self.max_tokens, temperature=0.0, top_p=1.0, seed=0)
-        # The production code path: the same loading, padding side and batched_generate call.
-        self.udf = HFStudentUDF(self.serving, gen, min_tokens=self.max_tokens)
+        # The production code path: the same engine, loading, padding side and batched_generate call.
+        self.engine = HFEngine.for_student(self.serving)
+        self.request = partial(text_request, gen=gen, min_tokens=self.max_tokens)
 
     def _load_vllm(self) -> None:
         try:
@@ -97,20 +99,16 @@ class StudentBench:
             # vllm is the optional [gpu] extra: a worker without it cannot run the engine.
             self.unavailable = "vllm is not installed on the worker (extra [gpu])"
             return
+        from lamini.engines.vllm_engine import vllm_engine_kwargs
+
         s = self.serving.student
-        kwargs: dict[str, Any] = {"tensor_parallel_size": s.tensor_parallel_size, "seed": 0}
-        if self.serving.dtype != "auto":
-            kwargs["dtype"] = self.serving.dtype
-        if s.max_model_len is not None:
-            kwargs["max_model_len"] = s.max_model_len
-        if s.trust_remote_code:
-            kwargs["trust_remote_code"] = True
+        # As the inference actors serve it (a share of the GPU for a small student), unless vLLM
+        # places its own GPU workers (tensor parallel).
+        num_gpus = 1.0 if s.tensor_parallel_size > 1 else self.serving.num_gpus
+        kwargs = {"seed": 0, **vllm_engine_kwargs(s, dtype=self.serving.dtype, num_gpus=num_gpus,
+                                                  trust_remote_code=s.trust_remote_code)}  # fmt: skip
         if s.tensor_parallel_size > 1:
-            kwargs["distributed_executor_backend"] = "ray"  # vLLM places its own GPU workers
-        elif self.serving.num_gpus < 1:
-            # As the inference actors serve it (engines.vllm_processor_config): a share of the GPU.
-            kwargs["gpu_memory_utilization"] = round(0.9 * self.serving.num_gpus, 3)
-        kwargs.update(s.engine_kwargs)
+            kwargs.setdefault("distributed_executor_backend", "ray")
         self.llm = vllm.LLM(model=self.serving.source, **kwargs)
         self.sampling = vllm.SamplingParams(
             max_tokens=self.max_tokens, temperature=0.0, top_p=1.0, seed=0, ignore_eos=True
@@ -145,7 +143,7 @@ class StudentBench:
                 sum(len(o.prompt_token_ids or []) for o in outs),
                 [],
             )
-        results = self.udf.generate(prompts)
+        results = self.engine.generate([self.request(p) for p in prompts])
         return (
             sum(r.completion_tokens for r in results),
             sum(r.prompt_tokens for r in results),
@@ -157,9 +155,8 @@ class StudentBench:
         import torch
 
         if self.serving.engine == "hf":
-            # HFStudentUDF chunks by the student's batch_size: make one chunk = one generate() of this size.
-            s = self.serving.student.model_copy(update={"batch_size": batch_size})
-            self.udf.serving = dataclasses.replace(self.serving, student=s)
+            # The engine chunks by its batch_size: make one chunk = one generate() of this size.
+            self.engine.batch_size = batch_size
         warm = list(islice(cycle(self.prompts), batch_size))
         for _ in range(self.warmup_batches):
             self._batch(warm)

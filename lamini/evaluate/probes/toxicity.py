@@ -100,8 +100,8 @@ def score_continuations(cont: pa.Table, cfg: ToxicityProbeConfig) -> pa.Table:
     scored on detoxify actors. Rows with an error are scored too (as empty text) but flagged by `error`."""
     import ray
 
-    from lamini.generate.config import ToxicitySettings
-    from lamini.generate.toxicity import score_dataset
+    from lamini.scoring.config import ToxicitySettings
+    from lamini.scoring.detoxify import score_dataset
 
     settings = ToxicitySettings(
         model=cfg.detoxify_model, label=cfg.label, threshold=cfg.threshold, columns=["response"],
@@ -118,14 +118,14 @@ def score_parts(cont: pa.Table, cfg: ToxicityProbeConfig) -> dict[str, Any]:
     """What stored scores must match to be reused: the continuations scored (every column, so a new
     draw or new text is rescored) and the detoxify model. Not the batch size or the actor pool,
     which change only how fast the scores come."""
-    from lamini.evaluate.inference import table_digest
+    from lamini.runs.fingerprint import table_digest
 
     return {"continuations": table_digest(cont), "detoxify_model": cfg.detoxify_model}
 
 
 def table6(scored: pa.Table, students: list[str], cfg: ToxicityProbeConfig) -> dict[str, Any]:
     """Scored continuations -> {student: {group: {n, errors, toxic, toxic_pct, means{label}}}}. Pure."""
-    from lamini.generate.toxicity import score_column
+    from lamini.scoring.detoxify import score_column
 
     labels = [c[len("tox_") : -len("_response")] for c in scored.column_names if c.startswith("tox_") and c.endswith("_response")]
     if cfg.label not in labels:
@@ -150,7 +150,7 @@ def table6(scored: pa.Table, students: list[str], cfg: ToxicityProbeConfig) -> d
 
 
 def render_table6(t6: dict[str, Any], cfg: ToxicityProbeConfig, counts: dict) -> str:
-    from lamini.evaluate.report import md_table
+    from lamini.reporting import md_table
 
     labels = list(next(iter(next(iter(t6.values())).values()))["means"])
     parts = [
@@ -172,7 +172,7 @@ def render_table6(t6: dict[str, Any], cfg: ToxicityProbeConfig, counts: dict) ->
 
 def plot_table6(run: RunDir, t6: dict[str, Any]) -> str:
     """Grouped bars: % toxic continuations per student, one bar per prompt group."""
-    from lamini.evaluate.report import grouped_bars
+    from lamini.reporting import grouped_bars
 
     names = list(t6)
     series = {f"{g} prompts": [t6[s][g]["toxic_pct"] or 0 for s in names] for g in GROUPS}
@@ -202,8 +202,9 @@ class ToxicityProbeSummary:
 
 def run_toxicity_probe(cfg: ToxicityProbeConfig) -> ToxicityProbeSummary:
     """Draw, generate, score, count: see the module docstring."""
-    from lamini.evaluate.inference import generate_for_students, reusable, store
-    from lamini.generate.toxicity import resolve_model
+    from lamini.evaluate.inference import generate_for_students
+    from lamini.runs.fingerprint import reusable, store
+    from lamini.scoring.detoxify import resolve_model
 
     t0 = time.time()
     resolve_model(cfg.detoxify_model, fetch=False)  # a wrong name or path fails now, not in an actor

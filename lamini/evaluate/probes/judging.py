@@ -1,6 +1,6 @@
 """Sending rubric-filled prompts to an LLM judge: the piece both probes' judges share.
 
-A judge is a teacher (any backend), so its requests go through lamini.generate.teacher_run's
+A judge is a teacher (any engine), so its requests go through lamini.runs.answer's
 `answer_table`, the resumable core every generation stage uses: rate limits, retries and error
 rows behave as for teacher requests, and a judge run that is killed resumes block by block,
 sending only the requests that have no reply yet.
@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from lamini.runs.rundir import RunDir
 
-
 # Teacher fields that change how fast or how persistently a judge's requests go (and what they
 # cost), never what it answers: a change to them alone re-sends nothing.
 TRANSPORT_FIELDS = frozenset({
@@ -29,7 +28,7 @@ TRANSPORT_FIELDS = frozenset({
 
 
 def judge_settings(judge: Any, rubric: str) -> dict[str, Any]:
-    """What a judge's replies depend on, besides what it is shown: its backend and model (teacher
+    """What a judge's replies depend on, besides what it is shown: its engine and model (teacher
     fields but TRANSPORT_FIELDS), its sampling and the rubric text. Not its name, which only says
     where its files go. Its digest goes into the judge's request ids (settings_tag) and into the
     stamp of its stored grades, so a changed judge under the same name asks again."""
@@ -42,7 +41,7 @@ def settings_tag(settings: dict[str, Any]) -> str:
     covers the rubric and what is judged, not the judge's model or sampling, so without it a
     changed judge under the same name would get the replies the old one stored under
     run/judges/<judge>/."""
-    from lamini.evaluate.inference import digest
+    from lamini.runs.fingerprint import digest
 
     return digest(settings)[:12]
 
@@ -76,7 +75,7 @@ def ask_judge(judge: Any, requests: list[dict[str, str]], run: RunDir, rel: str,
     judge: a JudgeConfig (teacher, generation, pipeline); the shards and the finalized replies go
     under run/rel. Raises RuntimeError if a request got no result at all.
     """
-    from lamini.generate.teacher_run import answer_table
+    from lamini.runs.answer import answer_table
 
     out: dict[str, dict[str, Any]] = {}
     if not requests:

@@ -2,7 +2,7 @@
 
 `run_eval(cfg)` submits one Ray task per (student, task) pair, so a cluster evaluates the whole zoo
 in parallel. Each task loads its student with transformers (hub id, folder or GGUF, as
-lamini.train.models does), hands the model object to lm-eval's HFLM (causal or seq2seq backend from
+lamini.models.loading does), hands the model object to lm-eval's HFLM (causal or seq2seq backend from
 the student's family), and calls `lm_eval.simple_evaluate` zero-shot. Decoder-only students see every
 request's context wrapped in the Alpaca template they were trained with, as LaMini-LM evaluated them
 (`wrapper` in each result says which; lm_eval_wrap); encoder-decoder students see the raw context.
@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamini.evaluate.lm_eval_report import figure4_png, markdown_tables, summarize
-from lamini.evaluate.lm_eval_tasks import eval_tasks, metric_for, metric_key
-from lamini.evaluate.lm_eval_wrap import resolve_wrapper, wrapped_hflm_class
+from lamini.evaluate.lm_eval.report import figure4_png, markdown_tables, summarize
+from lamini.evaluate.lm_eval.tasks import eval_tasks, metric_for, metric_key
+from lamini.evaluate.lm_eval.wrap import resolve_wrapper, wrapped_hflm_class
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _evaluate(student: Any, task: str, settings: dict[str, Any]) -> dict[str, An
     import torch
     from lm_eval import simple_evaluate
 
-    from lamini.train.models import (
+    from lamini.models.loading import (
         count_params,
         load_student,
         load_tokenizer,
@@ -228,7 +228,9 @@ def evaluate_pair(student: Any, task: str, settings: dict[str, Any]) -> dict[str
 
 def fingerprint(student: Any, cfg: Any) -> dict[str, Any]:
     """What a stored result must match to be reused: the student's model and wrapper, and the limit."""
-    from lamini.evaluate.inference import student_model_fields  # the probes key their outputs on it too
+    from lamini.evaluate.inference import (
+        student_model_fields,  # the probes key their outputs on it too
+    )
 
     return {**student_model_fields(student), "limit": cfg.limit}
 

@@ -26,7 +26,7 @@ def wrap_context(context: str, wrapper: str) -> str:
     An empty context stays empty: lm-eval sends those for unconditional likelihoods (acc_mutual_info),
     which must stay unconditioned.
     """
-    from lamini.train.data import alpaca_prompt
+    from lamini.models.templates import alpaca_prompt
 
     return alpaca_prompt(context) if wrapper == "alpaca" and context else context
 

@@ -1,6 +1,6 @@
 """ROUGE-L exactly as Google's ``rouge_score`` computes it, made fast enough for millions of pairs.
 
-    from lamini.generate.rouge import tokenize, rouge_l_f
+    from lamini.generate.dedup.rouge import tokenize, rouge_l_f
     rouge_l_f(tokenize("Give three tips for staying healthy."), tokenize("Give 3 tips for staying healthy"))
 
 Alpaca and self-instruct drop a generated instruction when

@@ -1,6 +1,6 @@
 """Near-duplicate removal at ROUGE-L > t with Alpaca's greedy semantics, without comparing all pairs.
 
-    from lamini.generate.neardup import near_dup_filter
+    from lamini.generate.dedup.neardup import near_dup_filter
     res = near_dup_filter(generated, reference=seed_instructions, threshold=0.7)
     accepted = [t for t, k in zip(generated, res.keep) if k]
 
@@ -35,8 +35,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lamini.generate import lsh
-from lamini.generate.rouge import f_from_lcs, lcs_length_masks, match_masks, tokenize, verify_pairs
+from lamini.generate.dedup import lsh
+from lamini.generate.dedup.rouge import (
+    f_from_lcs,
+    lcs_length_masks,
+    match_masks,
+    tokenize,
+    verify_pairs,
+)
 
 # Auto mode uses Ray above this many texts, when a Ray is initialised: below it the local
 # path (20k Alpaca-like texts: ~3 s on one core) beats shipping shards to tasks.
