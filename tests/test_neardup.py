@@ -19,7 +19,7 @@ from conftest import ROOT, shared_data
 
 from lamini.config import CorpusSpec
 from lamini.corpus import RejectLog, read_corpus
-from lamini.generate import lsh, neardup
+from lamini.generate.dedup import lsh, neardup
 from lamini.generate.config import FilterConfig
 from lamini.generate.dedup.neardup import (
     brute_force_filter,
