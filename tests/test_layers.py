@@ -35,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
                         "lamini.scoring", "lamini.engines", "lamini.runs"},
     "lamini.testing": {"lamini", "lamini.config", "lamini.models"},
 }  # fmt: skip
+# The herd runs the stages one after another: the top floor under the command line.
+ALLOWED["lamini.herd"] = set(ALLOWED) - {"lamini.testing"}
 ALLOWED["lamini.cli"] = set(ALLOWED) - {"lamini.cli", "lamini.testing"}
 
 
