@@ -10,13 +10,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import shared_data
+
+from lamini.analysis.config import AnalyzeConfig
 from lamini.analysis.embed import embed_texts, get_embedder, tfidf_svd
 from lamini.analysis.mattr import MattrState, mattr, mattr_tokens, window_distinct_sum
-from lamini.analysis.report import load_paper_values, markdown_table, resolve_input, run_analyze
+from lamini.analysis.report import (
+    load_paper_values,
+    markdown_table,
+    resolve_input,
+    run_analyze,
+)
 from lamini.analysis.stats import StatsAccumulator, summarise_block
-from lamini.analysis.config import AnalyzeConfig
 from lamini.config import CorpusSpec
 from lamini.corpus import RejectLog, read_corpus
 
@@ -255,9 +260,12 @@ def test_input_resolution_and_column_check(tmp_path):
     pq.write_table(pa.table({"instruction": ["x"]}), run / "dataset" / "errors.parquet")
     _, files, out = resolve_input(str(run))
     assert [Path(f).name for f in files] == ["responses.parquet"] and out == str(run / "report")
-    # a dataset run with its toxicity filter on: the dropped rows are not part of D_ALL
+    # a dataset run with its toxicity filter on: the dropped rows are not part of D_ALL (they are
+    # in rejected/ now; runs written before kept them in dataset/, and are read the same way)
     ds = tmp_path / "ds"
     _write_small(ds / "dataset" / "lamini_instruction.parquet")
+    _write_small(ds / "rejected" / "toxic_dropped.parquet")
+    assert [Path(f).name for f in resolve_input(str(ds))[1]] == ["lamini_instruction.parquet"]
     _write_small(ds / "dataset" / "toxic_dropped.parquet")
     assert [Path(f).name for f in resolve_input(str(ds))[1]] == ["lamini_instruction.parquet"]
     # a `lamini filter-toxic` run folder: kept.parquet, not dropped.parquet; a lone dropped.parquet is data

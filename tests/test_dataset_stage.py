@@ -115,6 +115,8 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
     assert fake_openai.stats()["requests"] == _answered_rows(run_dir) - len(done_before)
 
     d_all = pq.read_table(run_dir / "dataset" / "lamini_instruction.parquet")
+    # the dataset folder is D_ALL and its card, nothing else (one clean split for `datasets`)
+    assert sorted(p.name for p in (run_dir / "dataset").iterdir()) == ["README.md", "lamini_instruction.parquet"]
     assert d_all.column_names[:3] == ["instruction", "response", "instruction_source"]
     counts: dict[str, int] = {}
     for s in d_all.column("instruction_source").to_pylist():

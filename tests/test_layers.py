@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "lamini.config": {"lamini"},
     "lamini.corpus": {"lamini", "lamini.config"},
     "lamini.reporting": set(),
-    "lamini.models": {"lamini", "lamini.config"},
+    "lamini.models": {"lamini", "lamini.config", "lamini.reporting"},
     "lamini.scoring": {"lamini", "lamini.config"},
     "lamini.engines": {"lamini", "lamini.config", "lamini.models"},
     "lamini.runs": {"lamini", "lamini.config", "lamini.engines", "lamini.models"},

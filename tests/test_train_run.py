@@ -83,6 +83,16 @@ def test_tiny_student_learns_and_its_export_reloads(ray_local, tmp_path, tiny, f
     assert len(new) > 1
     assert isinstance(tok.decode(new, skip_special_tokens=True), str)
 
+    # ...with its model card: the base (a local folder here, said to be one), the task, the training.
+    card = (model_dir / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["base_model"] == str(tiny[family]) and meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == {"decoder": "text-generation", "encoder-decoder": "text2text-generation"}[family]
+    assert meta["datasets"] == [str(shared_data("alpaca_5000.json"))] and meta["tags"] == ["lamini", "distillation"]
+    assert meta["lamini"]["training"]["steps"] == 30 and meta["lamini"]["training"]["global_batch_size"] == 8
+    assert meta["lamini"]["training"]["final_loss"] == pytest.approx(history[-1]["loss"])
+    assert "not a Hugging Face Hub id" in card and "## Evaluation" in card and "# student" in card
+
 
 def test_epochs_with_packing_end_at_the_planned_step(ray_local, tmp_path, tiny):
     """An epochs run (no max_steps) with packing: the plan counts packed sequences, so the last

@@ -3,9 +3,9 @@
     from lamini.analysis.report import run_analyze
     summary = run_analyze(AnalyzeConfig(input="runs/dataset"))   # -> runs/dataset/report/report.md
 
-In: ``cfg.input``, a run directory (every ``dataset/*.parquet`` but the rows a run set aside,
-``errors.parquet`` and ``toxic_dropped.parquet``, is read: ``lamini_instruction.parquet`` of a
-dataset run, ``responses.parquet`` of a responses run) or a Parquet file/folder with the
+In: ``cfg.input``, a run directory (every ``dataset/*.parquet`` but the failed requests,
+``errors.parquet``, is read: ``lamini_instruction.parquet`` of a dataset run, whose toxic rows
+are set aside in ``rejected/``, ``responses.parquet`` of a responses run) or a Parquet file/folder with the
 columns ``instruction``, ``response`` and ``cfg.group_by`` (in a `lamini filter-toxic` run
 folder, ``dropped.parquet`` beside ``kept.parquet`` is likewise left out).
 Out, in ``cfg.output_dir`` (default ``INPUT/report``; beside the file for a file input):
@@ -53,8 +53,9 @@ from lamini.runs.rundir import RunDir
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 4096  # rows per map_batches call: ~64 KB of hashes per subset back to the driver
-# Rows a run set aside, never part of the dataset: failed requests (no response to analyse) and
-# the rows `lamini dataset`'s toxicity filter dropped.
+# Rows a run set aside, never part of the dataset: failed requests (no response to analyse), and
+# the rows `lamini dataset`'s toxicity filter dropped where runs written before `rejected/` existed
+# kept them (dataset/toxic_dropped.parquet; a re-run of such a run removes it).
 EXCLUDED_FILES = {"errors.parquet", "toxic_dropped.parquet"}
 
 

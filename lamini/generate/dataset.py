@@ -3,10 +3,16 @@
 1. generate instructions per source (example- and topic-guided), filtered and deduplicated;
 2. the teacher's responses to the generated instructions and to the original prompts of
    the `originals` corpora (Alpaca, P3, FLAN), with the paper's system message;
-3. optionally drop toxic rows with detoxify;
+3. optionally drop toxic rows with detoxify (set aside in `rejected/toxic_dropped.parquet`);
 4. assemble D_ALL in the LaMini-instruction schema (`instruction, response, instruction_source`
-   + provenance) at `dataset/lamini_instruction.parquet`;
+   + provenance) at `dataset/lamini_instruction.parquet`, with its dataset card `dataset/README.md`;
 5. the analysis report (Tables 1-2, Figure 2) in `report/`.
+
+`dataset/` holds D_ALL and its card and nothing else, so it loads as one clean `train` split
+(`datasets.load_dataset("parquet", data_dir=run_dir/dataset)`) or can be pushed to the Hub as it
+is. Rows that are not part of D_ALL live elsewhere: failed requests in
+`responses/dataset/errors.parquet`, unreadable input rows in `rejects.jsonl`, toxic rows in
+`rejected/`.
 
 Each step keeps its state in its own sub-directory (instructions/, responses/), so a re-run
 skips finished work and resumes the unfinished step.
@@ -15,6 +21,7 @@ skips finished work and resumes the unfinished step.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,9 @@ from lamini.runs.rundir import RunDir
 log = logging.getLogger(__name__)
 
 D_ALL = "dataset/lamini_instruction.parquet"
+TOXIC_DROPPED = "rejected/toxic_dropped.parquet"  # outside dataset/: not part of D_ALL's split
+# Where runs written before rejected/ existed kept the dropped rows (removed when such a run is re-run).
+_OLD_TOXIC_DROPPED = "dataset/toxic_dropped.parquet"
 
 
 def _generated_rows(instructions: pa.Table) -> pa.Table:
@@ -75,6 +85,7 @@ class DatasetSummary:
 
 def run_dataset(cfg: Any) -> DatasetSummary:
     """Run or resume the whole dataset build for a DatasetConfig."""
+    from lamini.generate.card import count_by_source, write_dataset_card
     from lamini.generate.instructions import generate_instructions
     from lamini.generate.responses import read_inputs
     from lamini.runs import manifest as mf
@@ -110,12 +121,17 @@ def run_dataset(cfg: Any) -> DatasetSummary:
 
         d_all, dropped, _ = filter_table(d_all, cfg.toxicity)
         toxic_dropped = dropped.num_rows
-        run.write_table("dataset/toxic_dropped.parquet", dropped)
+        run.makedirs(posixpath.dirname(TOXIC_DROPPED))
+        run.write_table(TOXIC_DROPPED, dropped)
 
     run.write_table(D_ALL, d_all)
-    by_source: dict[str, int] = {}
-    for s in d_all.column("instruction_source").to_pylist():
-        by_source[s] = by_source.get(s, 0) + 1
+    write_dataset_card(run, cfg, D_ALL, toxic_dropped if cfg.toxicity is not None else None)
+    # Dropped rows of an earlier attempt that no longer describe D_ALL: the old layout's file inside
+    # dataset/ (it would join the train split), and any when the filter is now off.
+    for stale in [_OLD_TOXIC_DROPPED] + ([TOXIC_DROPPED] if cfg.toxicity is None else []):
+        if run.exists(stale):
+            run.delete(run.path(stale))
+    by_source = count_by_source(d_all)
 
     report_path = None
     if cfg.analyze:

@@ -48,6 +48,8 @@ PROMPT_SCHEMA = pa.schema(
 # in the instruction, so its example is the joined prompt (identical when there is no input).
 _INSTRUCTION_FORMATS = frozenset({"self_instruct", "user_oriented", "alpaca"})
 _SEED_COLUMNS = ("instruction", "prompt", "source", "subset")
+# The template (lamini/prompts/<name>.txt) each generation mode fills.
+TEMPLATES = {"example": "example_guided", "topic": "topic_guided"}
 
 
 @lru_cache(maxsize=None)
@@ -66,14 +68,14 @@ def example_prompt(examples: list[str], n: int) -> str:
     """Figure 6: the example-guided prompt asking for ``n`` instructions like ``examples``."""
     if not examples:
         raise ValueError("example_prompt needs at least one example")
-    return load_template("example_guided").format(examples=format_examples(examples), n=n)
+    return load_template(TEMPLATES["example"]).format(examples=format_examples(examples), n=n)
 
 
 def topic_prompt(examples: list[str], topics: list[str], n: int) -> str:
     """Figure 7: the topic-guided prompt; ``topics`` are joined with ", " inside the quotes."""
     if not examples or not topics:
         raise ValueError("topic_prompt needs at least one example and one topic")
-    return load_template("topic_guided").format(examples=format_examples(examples), topics=", ".join(topics), n=n)
+    return load_template(TEMPLATES["topic"]).format(examples=format_examples(examples), topics=", ".join(topics), n=n)
 
 
 def _stable_hash(*parts: object) -> bytes:
@@ -161,7 +163,8 @@ def build_prompts(
     topic_list: list[str] = []
     if spec.mode == "topic":
         if topics is None:
-            from lamini.generate.topics import load_topics  # reads a file: only when the caller did not
+            # reads a file: only when the caller did not
+            from lamini.generate.topics import load_topics
 
             topics = load_topics(spec.topics)
         # Sorted and unique so a topic list given in another order draws the same topics.

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import tempfile
 import time
 from collections.abc import Iterator
@@ -238,15 +239,49 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "rank 0 done: step %d, %.0f s, %s", strategy.global_step, time.perf_counter() - t_start, encoder.stats
         )
     if cfg.export:
-        _export(cfg, strategy, engine, tokenizer, precision, run)
+        training = training_summary(cfg, family, state, strategy.global_step, total_steps, lr, precision)
+        _export(cfg, strategy, engine, tokenizer, precision, run, family, training)
 
 
-def _export(cfg, strategy, engine, tokenizer, precision: str, run) -> None:
-    """Consolidate (ZeRO-3: gather shards; collective) and write a Hugging Face folder to run/model.
+def training_summary(
+    cfg, family: str, state: TrainState, steps: int, total_steps: int, lr: float, precision: str
+) -> dict[str, Any]:
+    """The training settings and outcome the model card states (every value a builtin)."""
+    d = cfg.data
+    lengths = (
+        {"max_length": d.max_length, "packing": d.packing}
+        if family == "decoder"
+        else {"max_source_length": d.max_source_length, "max_target_length": d.max_target_length}
+    )
+    return {
+        "steps": steps,
+        "planned_steps": total_steps,
+        "epochs_completed": state.epoch,
+        "epochs_planned": None if cfg.max_steps else cfg.epochs,
+        "global_batch_size": cfg.global_batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "workers": cfg.scaling.num_workers,
+        "learning_rate": lr,
+        "lr_schedule": f"warmup {cfg.optim.warmup_ratio:g} of the steps, cosine to {cfg.optim.min_lr_ratio:g} x peak",
+        "weight_decay": cfg.optim.weight_decay,
+        "precision": precision,
+        "zero_stage": cfg.deepspeed.zero_stage,
+        **lengths,
+        "tokens_seen": state.tokens_seen,
+        "final_loss": float(state.history[-1]["loss"]) if state.history else None,
+        "seed": cfg.seed,
+    }
+
+
+def _export(cfg, strategy, engine, tokenizer, precision: str, run, family: str, training: dict[str, Any]) -> None:
+    """Consolidate (ZeRO-3: gather shards; collective) and write a Hugging Face folder to run/model,
+    with its model card (README.md).
 
     Every rank takes part in the gathering; `run` is the run directory on rank 0, None elsewhere."""
     import pyarrow.fs as pafs
     import torch
+
+    from lamini.models.card import describe_base, write_model_card
 
     state_dict = strategy.consolidated_state_dict()
     if run is None:
@@ -261,6 +296,9 @@ def _export(cfg, strategy, engine, tokenizer, precision: str, run) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        base, note = describe_base(cfg.model.base, cfg.model.gguf_file)
+        write_model_card(tmp, base_model=base, base_model_note=note, family=family, training=training,
+                         datasets=[c.path for c in cfg.data.corpora], name=posixpath.basename(run.uri))  # fmt: skip
         dest = run.path("model")
         if run.exists("model"):
             run.fs.delete_dir(dest)
