@@ -129,10 +129,10 @@ def test_table1_on_a_hand_made_table():
 def test_table1_with_an_autotokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from lamini.testing.tiny_models import default_corpus, train_tokenizer
+    from lamini.testing.tiny_models import VOCAB_SIZE, default_corpus, train_tokenizer
 
     folder = str(tmp_path / "tok")
-    train_tokenizer(default_corpus()).save_pretrained(folder)  # a real BPE folder, no model, no download
+    train_tokenizer(default_corpus(), VOCAB_SIZE).save_pretrained(folder)  # a real BPE folder, no model, no download
     tok = AutoTokenizer.from_pretrained(folder)
     summary = summarise_block(HAND, group_by="instruction_source", tokenizer=folder, window=2, sample_k=5, seed=0)
     expected = sum(len(tok(t or "", add_special_tokens=False)["input_ids"]) for t in HAND.column("instruction").to_pylist()[:3])

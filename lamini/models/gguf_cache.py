@@ -95,7 +95,7 @@ def _convert(path: Path, folder: Path, trust_remote_code: bool) -> None:
     model = detach_quantizer(cls.from_pretrained(src, dtype=torch.float32, **kw))
     tok = AutoTokenizer.from_pretrained(src, **kw)
     sweep_stale(folder)
-    tmp = folder.with_name(f"{folder.name}{_tmp_tag(os.getpid())}")
+    tmp = temp_sibling(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -124,6 +124,12 @@ def detach_quantizer(model):
 def _tmp_tag(pid: int) -> str:
     # The host in the name: on a cache shared between nodes, a pid is only judged on its own host.
     return f"{_TMP}{socket.gethostname()}-{pid}"
+
+
+def temp_sibling(folder: Path) -> Path:
+    """Where this process writes `folder` before renaming it into place (sweep_stale removes it
+    once this process is dead)."""
+    return folder.with_name(f"{folder.name}{_tmp_tag(os.getpid())}")
 
 
 def sweep_stale(folder: Path) -> list[Path]:
