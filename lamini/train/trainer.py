@@ -250,13 +250,10 @@ def plot_history(history: list[dict[str, Any]], rd) -> str | None:
     """report/loss.png in the run directory `rd`: loss and learning rate against the step."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lamini.reporting import new_figure, save_figure
 
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(width=7, height=4, dpi=110)
     ax.plot(steps, [h["loss"] for h in history], marker="o", ms=3, label="loss")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss")
@@ -269,14 +266,7 @@ def plot_history(history: list[dict[str, Any]], rd) -> str | None:
     ax.set_title("training loss (dotted: checkpoints)")
     fig.tight_layout()
     rd.makedirs("report")
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with rd.fs.open_output_stream(rd.path("report", "loss.png")) as f:
-        f.write(buf.getvalue())
-    return rd.uri_of("report", "loss.png")
+    return save_figure(rd, "report/loss.png", fig)
 
 
 def run_train(cfg: Any) -> TrainSummary:

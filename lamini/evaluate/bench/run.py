@@ -26,7 +26,6 @@ this module is imported.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from itertools import cycle, islice
 from typing import Any
 
 from lamini.evaluate.bench.actor import StudentBench
+from lamini.reporting import new_figure, save_figure
 from lamini.runs.rundir import RunDir
 
 JSON_NAME = "bench_students.json"
@@ -245,12 +245,7 @@ def plot_bench(points: list[dict[str, Any]], rd: RunDir, max_tokens: int) -> str
     ok = [p for p in points if p["status"] == "ok"]
     if not ok:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_l) = new_figure(width=11, height=4.2, ncols=2, dpi=110)
     for key in dict.fromkeys((p["student"], p["engine"]) for p in ok):
         line = sorted((p for p in ok if (p["student"], p["engine"]) == key), key=lambda p: p["batch_size"])
         x = [p["batch_size"] for p in line]
@@ -265,12 +260,7 @@ def plot_bench(points: list[dict[str, Any]], rd: RunDir, max_tokens: int) -> str
     ax_l.set_title("latency (a request waits for its batch)")
     ax_t.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with rd.fs.open_output_stream(rd.path(PLOT_NAME)) as f:
-        f.write(buf.getvalue())
-    return rd.uri_of(PLOT_NAME)
+    return save_figure(rd, PLOT_NAME, fig)
 
 
 __all__ = ["BenchSummary", "load_prompts", "plot_bench", "run_bench_students"]

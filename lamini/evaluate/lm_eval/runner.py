@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamini.evaluate.lm_eval.report import figure4_png, markdown_tables, summarize
+from lamini.evaluate.lm_eval.report import figure4, markdown_tables, summarize
 from lamini.evaluate.lm_eval.tasks import eval_tasks, metric_for, metric_key
 from lamini.evaluate.lm_eval.wrap import resolve_wrapper, wrapped_hflm_class
+from lamini.reporting import save_figure
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -351,10 +352,7 @@ def run_eval(cfg: Any) -> EvalSummary:
         doc["models"][s.name]["group"] = s.group
     run.write_text("results.json", json.dumps(doc, indent=2))
     run.write_text("tables.md", markdown_tables(doc))
-    png = figure4_png(doc)
-    with run.fs.open_output_stream(run.path("figure4.png.tmp")) as f:
-        f.write(png)
-    run.fs.move(run.path("figure4.png.tmp"), run.path("figure4.png"))
+    save_figure(run, "figure4.png", figure4(doc))
 
     averages = [(m["average"], name) for name, m in doc["models"].items() if m["average"] is not None]
     best = max(averages) if averages else None
