@@ -46,6 +46,7 @@ from lamini.analysis.embed import (
     tsne_perplexity,
 )
 from lamini.analysis.stats import StatsAccumulator, SubsetStats, summarise_block
+from lamini.corpus.schema import INSTRUCTION, RESPONSE
 from lamini.reporting import new_figure, save_figure
 from lamini.runs.rundir import RunDir
 
@@ -138,7 +139,7 @@ def collect_stats(cfg: AnalyzeConfig, fs: pafs.FileSystem, files: list[str]) -> 
     from lamini.runs.ray_env import init_ray
 
     init_ray(cfg.ray)
-    columns = ["instruction", "response", cfg.group_by]
+    columns = [INSTRUCTION, RESPONSE, cfg.group_by]
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(columns)  # projection is pushed into the read
     kwargs = dict(group_by=cfg.group_by, tokenizer=cfg.tokenizer, window=cfg.mattr_window,
                   sample_k=cfg.tsne_sample, seed=cfg.seed)  # fmt: skip
@@ -351,7 +352,7 @@ def run_analyze(cfg: AnalyzeConfig) -> AnalyzeSummary:
     """Config in; the report files written and an :class:`AnalyzeSummary` out (see module docstring)."""
     t0 = time.time()
     fs, files, default_out = resolve_input(cfg.input)
-    check_columns(fs, files, ["instruction", "response", cfg.group_by])
+    check_columns(fs, files, [INSTRUCTION, RESPONSE, cfg.group_by])
     out = RunDir(cfg.output_dir or default_out)
     acc = collect_stats(cfg, fs, files)
     rows, total = acc.finish()

@@ -4,8 +4,8 @@
 2. the teacher's responses to the generated instructions and to the original prompts of
    the `originals` corpora (Alpaca, P3, FLAN), with the paper's system message;
 3. optionally drop toxic rows with detoxify;
-4. assemble D_ALL in the LaMini-instruction schema (`instruction, response, instruction_source`
-   + provenance) at `dataset/lamini_instruction.parquet`;
+4. assemble D_ALL in the LaMini-instruction schema (lamini.corpus.schema.LAMINI_COLUMNS:
+   `instruction, response, instruction_source`, then provenance) at `dataset/lamini_instruction.parquet`;
 5. the analysis report (Tables 1-2, Figure 2) in `report/`.
 
 Each step keeps its state in its own sub-directory (instructions/, responses/), so a re-run
@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.corpus.schema import INSTRUCTION, INSTRUCTION_SOURCE
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ def _generated_rows(instructions: pa.Table) -> pa.Table:
     from lamini.corpus import row_id
 
     n = instructions.num_rows
-    insts = instructions.column("instruction").to_pylist()
-    srcs = instructions.column("instruction_source").to_pylist()
+    insts = instructions.column(INSTRUCTION).to_pylist()
+    srcs = instructions.column(INSTRUCTION_SOURCE).to_pylist()
     subs = instructions.column("subset").to_pylist()
     return pa.table(
         {
@@ -114,7 +115,7 @@ def run_dataset(cfg: Any) -> DatasetSummary:
 
     run.write_table(D_ALL, d_all)
     by_source: dict[str, int] = {}
-    for s in d_all.column("instruction_source").to_pylist():
+    for s in d_all.column(INSTRUCTION_SOURCE).to_pylist():
         by_source[s] = by_source.get(s, 0) + 1
 
     report_path = None

@@ -27,14 +27,16 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.corpus.schema import INSTRUCTION, INSTRUCTION_SOURCE, LAMINI_SCHEMA
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+# An accepted instruction: its LaMini columns (no response yet), then where it was generated.
 CANDIDATE_SCHEMA = pa.schema(
     [
-        ("instruction", pa.string()),
-        ("instruction_source", pa.string()),
+        LAMINI_SCHEMA.field(INSTRUCTION),
+        LAMINI_SCHEMA.field(INSTRUCTION_SOURCE),
         ("subset", pa.string()),
         ("round", pa.int64()),
         ("prompt_id", pa.string()),

@@ -64,17 +64,18 @@ def build_dataset(cfg: Any):
     import ray.data
 
     from lamini.corpus import RejectLog, read_corpora
+    from lamini.corpus.schema import INSTRUCTION, LAMINI_FROM_CORPUS, RESPONSE
 
     parts = []
     others = [s for s in cfg.data.corpora if s.format != "lamini"]
     for spec in cfg.data.corpora:
         if spec.format == "lamini":
-            ds = ray.data.read_parquet(spec.path).select_columns(["instruction", "response"])  # pushed into the read
+            ds = ray.data.read_parquet(spec.path).select_columns([INSTRUCTION, RESPONSE])  # pushed into the read
             ds = ds.map_batches(_with_response, batch_format="pyarrow")  # fused into the read tasks
             parts.append(ds.limit(spec.limit) if spec.limit else ds)
     if others:
         table = read_corpora(others, on_error="raise", rejects=RejectLog())
-        table = pa.table({"instruction": table["prompt"], "response": table["response"]})
+        table = pa.table({c: table[LAMINI_FROM_CORPUS[c]] for c in (INSTRUCTION, RESPONSE)})
         parts.append(ray.data.from_arrow(_with_response(table)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     if cfg.data.limit:
