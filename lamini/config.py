@@ -11,7 +11,7 @@ YAML file is an error, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,9 @@ from lamini import SYSTEM_PROMPT
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+M = TypeVar("M", bound=StrictModel)
 
 
 # --------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(cls: type[StrictModel], path: str | Path | None, overrides: list[str] | None = None) -> Any:
+def load_config(cls: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read YAML at `path` (relative paths inside stay relative to the CWD), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:

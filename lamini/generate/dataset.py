@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
 from lamini.corpus.schema import INSTRUCTION, INSTRUCTION_SOURCE
+from lamini.generate.config import DatasetConfig
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ class DatasetSummary:
         )
 
 
-def run_dataset(cfg: Any) -> DatasetSummary:
-    """Run or resume the whole dataset build for a DatasetConfig."""
+def run_dataset(cfg: DatasetConfig) -> DatasetSummary:
+    """Run or resume the whole dataset build."""
     from lamini.generate.instructions import generate_instructions
     from lamini.generate.responses import read_inputs
     from lamini.runs import manifest as mf

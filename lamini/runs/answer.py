@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lamini.config import GenerationParams, PipelineConfig, RayInitConfig, TeacherConfig
 from lamini.runs.rundir import RunDir
 from lamini.runs.shards import SHARDS, FinalCounts, finalize, scan_shards
 
@@ -46,11 +46,11 @@ def answer_table(
     table: pa.Table,
     run: RunDir,
     *,
-    teacher: Any,
-    generation: Any,
+    teacher: TeacherConfig,
+    generation: GenerationParams,
     system_prompt: str | None,
-    pipeline: Any,
-    ray_cfg: Any,
+    pipeline: PipelineConfig,
+    ray_cfg: RayInitConfig,
     retry_errors: bool = True,
 ) -> TeacherRun:
     """Send every row of `table` with no result in `run` yet through the teacher, then finalize."""

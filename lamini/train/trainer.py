@@ -19,6 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lamini.runs.rundir import RunDir
+from lamini.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +56,7 @@ def _with_response(table):
     return table.filter(pc.not_equal(table["response"], ""))
 
 
-def build_dataset(cfg: Any):
+def build_dataset(cfg: TrainConfig):
     """Ray Dataset with columns (instruction, response) from the configured corpora.
 
     LaMini-format Parquet streams with ray.data.read_parquet (never whole on the driver); other
@@ -93,7 +96,6 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
     import numpy as np
 
     from lamini.models.loading import load_tokenizer
-    from lamini.train.config import TrainConfig
     from lamini.train.data import ExampleEncoder
 
     key = (config_json, family)
@@ -105,7 +107,7 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
     return {k: np.array([v], dtype=np.int64) for k, v in (("rows", batch.num_rows), ("kept", kept), ("tokens", tokens))}
 
 
-def count_sequences(dataset, cfg: Any, family: str) -> tuple[int, int]:
+def count_sequences(dataset, cfg: TrainConfig, family: str) -> tuple[int, int]:
     """(rows, training sequences one epoch gives the workers) (lamini.train.loop.epoch_sequences).
 
     Encodes every row once, as the workers will, in parallel Ray Data tasks, and sums the examples
@@ -130,7 +132,7 @@ def count_sequences(dataset, cfg: Any, family: str) -> tuple[int, int]:
     return rows, epoch_sequences(kept, tokens, cfg, family)
 
 
-def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
+def _warn_if_no_cpu_left_for_reading(cfg: TrainConfig) -> None:
     """LaMini Parquet streams through Ray Data read tasks while the workers train: if the workers
     take every CPU of the cluster, those tasks never start and training waits forever (measured
     on a 2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
@@ -149,7 +151,7 @@ def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
         print(msg, flush=True)
 
 
-def checkpoint_config(cfg: Any, score: tuple[str, str] | None = None):
+def checkpoint_config(cfg: TrainConfig, score: tuple[str, str] | None = None):
     """Ray Train's CheckpointConfig: the newest keep_checkpoints, or the best by a reported metric.
 
     score = (metric, "min" or "max"), for a tune trial: its best checkpoint is the one worth
@@ -166,7 +168,7 @@ def checkpoint_config(cfg: Any, score: tuple[str, str] | None = None):
 
 
 def build_trainer(
-    cfg: Any,
+    cfg: TrainConfig,
     dataset,
     run_root_name: str | None = None,
     callbacks: list | None = None,
@@ -180,7 +182,6 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     from lamini.models.loading import resolve_family
-    from lamini.runs.rundir import RunDir
     from lamini.train.config import DEFAULT_LR
     from lamini.train.loop import (
         fault_injection_from_env,
@@ -239,7 +240,6 @@ def build_trainer(
 
 def read_history(run_root) -> list[dict[str, Any]]:
     """The metrics.jsonl entries of a training run (run_dir/name: a path or URI), oldest first."""
-    from lamini.runs.rundir import RunDir
 
     rd = RunDir(str(run_root))
     if not rd.exists("metrics.jsonl"):
@@ -247,7 +247,7 @@ def read_history(run_root) -> list[dict[str, Any]]:
     return [json.loads(line) for line in rd.read_text("metrics.jsonl").splitlines() if line.strip()]
 
 
-def plot_history(history: list[dict[str, Any]], rd) -> str | None:
+def plot_history(history: list[dict[str, Any]], rd: RunDir) -> str | None:
     """report/loss.png in the run directory `rd`: loss and learning rate against the step."""
     if not history:
         return None
@@ -270,11 +270,10 @@ def plot_history(history: list[dict[str, Any]], rd) -> str | None:
     return save_figure(rd, "report/loss.png", fig)
 
 
-def run_train(cfg: Any) -> TrainSummary:
+def run_train(cfg: TrainConfig) -> TrainSummary:
     """Fit one student; re-running the same config resumes from its newest checkpoint."""
     from lamini.runs import manifest as mf
     from lamini.runs.ray_env import init_ray
-    from lamini.runs.rundir import RunDir
 
     t0 = time.perf_counter()
     init_ray(cfg.ray)

@@ -33,6 +33,8 @@ from itertools import cycle, islice
 from typing import Any
 
 from lamini.evaluate.bench.actor import StudentBench
+from lamini.evaluate.config import BenchStudentsConfig
+from lamini.evaluate.inference import Serving
 from lamini.reporting import new_figure, save_figure
 from lamini.runs.rundir import RunDir
 
@@ -118,7 +120,7 @@ def point_line(p: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ the driver
 
 
-def _serving_for(base: Any, engine: str, gpus: float, have_vllm: bool) -> tuple[Any | None, str]:
+def _serving_for(base: Serving, engine: str, gpus: float, have_vllm: bool) -> tuple[Serving | None, str]:
     """(Serving for `engine`, why) from the student's HF plan; (None, reason) when it cannot run here."""
     from lamini.evaluate.inference import choose_engine
 
@@ -132,7 +134,9 @@ def _serving_for(base: Any, engine: str, gpus: float, have_vllm: bool) -> tuple[
     return dataclasses.replace(base, engine="vllm", engine_reason="measured: engine vllm"), ""
 
 
-def _bench_pair(serving: Any, prompts: list[str], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _bench_pair(
+    serving: Serving, prompts: list[str], cfg: BenchStudentsConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one (student, engine) actor through every batch size -> (run record, points)."""
     import ray
 
@@ -171,8 +175,8 @@ def _bench_pair(serving: Any, prompts: list[str], cfg: Any) -> tuple[dict[str, A
         ray.kill(actor)
 
 
-def run_bench_students(cfg: Any) -> BenchSummary:
-    """cfg: a BenchStudentsConfig -> BenchSummary; writes bench_students.json and .png in cfg.run_dir."""
+def run_bench_students(cfg: BenchStudentsConfig) -> BenchSummary:
+    """Every student on every engine and batch size -> BenchSummary; writes bench_students.json and .png in cfg.run_dir."""
     from lamini.evaluate.inference import cluster_facts, plan_serving
     from lamini.models.templates import wrap
     from lamini.runs.manifest import environment

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lamini.generate.config import FilterConfig
 from lamini.generate.dedup import lsh
 from lamini.generate.dedup.rouge import (
     f_from_lcs,
@@ -326,11 +327,13 @@ def near_dup_filter(
     return res
 
 
-def near_dup_filter_table(table, column: str, reference_texts: Sequence[str], cfg) -> tuple[Any, Any, dict[str, Any]]:
+def near_dup_filter_table(
+    table, column: str, reference_texts: Sequence[str], cfg: FilterConfig
+) -> tuple[Any, Any, dict[str, Any]]:
     """Pipeline form: filter the rows of an Arrow ``table`` by the texts in ``column``.
 
-    reference_texts: seeds and already accepted instructions. cfg: a ``FilterConfig``
-    (near_dup_threshold, minhash_num_perm, lsh_threshold). Returns ``(kept, dropped, report)``:
+    reference_texts: seeds and already accepted instructions; cfg gives near_dup_threshold,
+    minhash_num_perm and lsh_threshold. Returns ``(kept, dropped, report)``:
     ``kept`` has the table's columns, in order; ``dropped`` adds ``drop_reason``
     ("near_duplicate"), ``near_dup_of`` (the matching text) and ``rouge_l`` (its F);
     ``report`` counts rows and pairs and carries the timings and index statistics.
