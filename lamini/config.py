@@ -105,7 +105,8 @@ class OpenAITeacherConfig(StrictModel):
     )
     http_client: Literal["aiohttp", "openai"] = Field(
         "aiohttp",
-        description="aiohttp: lean hot path (~0.2 ms CPU/request); openai: the official SDK (~2.6 ms/request). Same retries.",
+        description="aiohttp: the lean hot path (a fraction of the SDK's client CPU per request); openai: the official SDK. "
+        "Same retries.",
     )
     max_in_flight: int = Field(64, ge=1, description="Most requests in flight at once, per teacher actor.")
     requests_per_minute: float | None = Field(None, gt=0, description="Request-rate limit for the whole run.")

@@ -1,6 +1,6 @@
 """Result shards of a run: what is done (for resume) and the final exactly-once dataset.
 
-Why our own resume instead of Ray Data's `CheckpointConfig` (beta): measured on Ray 2.60 it
+Why our own resume instead of Ray Data's `CheckpointConfig` (beta): on Ray 2.60 it
 needs a plan that starts with a Read and ends with a Write, needs a repartition before it
 writes anything, and deadlocked on a 2-CPU Ray because its filter actor reserves a whole CPU.
 Our plan starts from rows read by our own corpus readers (they report file and line for bad

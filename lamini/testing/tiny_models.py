@@ -7,7 +7,7 @@ self-instruct seed instructions when ../shared/data is beside the repo, else a b
 paragraph). Both folders load with the ordinary `Auto*.from_pretrained(dir)` calls, and
 the tokenizer has pad/eos/bos tokens and a ChatML chat template, so every code path that
 serves or trains a hub model runs on them unchanged. Weights are seeded, hence identical
-across builds; a folder already built is reused, not rebuilt. A build takes ~1-2 s.
+across builds; a folder already built is reused, not rebuilt.
 """
 
 from __future__ import annotations
@@ -71,7 +71,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE, append_e
 
     append_eos: add EOS after every encoded sequence, as T5's tokenizer does (seq2seq only).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

@@ -134,8 +134,8 @@ def count_sequences(dataset, cfg: TrainConfig, family: str) -> tuple[int, int]:
 
 def _warn_if_no_cpu_left_for_reading(cfg: TrainConfig) -> None:
     """LaMini Parquet streams through Ray Data read tasks while the workers train: if the workers
-    take every CPU of the cluster, those tasks never start and training waits forever (measured
-    on a 2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
+    take every CPU of the cluster, those tasks never start and training waits forever (seen on a
+    2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
     may still add a node."""
     import ray
 

@@ -79,7 +79,8 @@ class EvalSummary:
 # One (model, task) pair, inside a Ray worker
 # --------------------------------------------------------------------------------------
 
-# TaskManager indexes ~15K task YAMLs (6-9 s): once per worker process, which Ray reuses across CPU tasks.
+# TaskManager indexes every task YAML lm-eval ships (seconds of work): once per worker process, which
+# Ray reuses across CPU tasks.
 _TASK_MANAGERS: dict[str | None, Any] = {}
 
 

@@ -22,9 +22,9 @@ candidate j < i. Alpaca computes every pair (O(N^2)); here:
    references first), the same rule as :func:`brute_force_filter`.
 
 With Ray (``use_ray``), steps 2, 3 and 4 run as Ray tasks (text shards, one task per band,
-pair shards) so a cluster spreads them; step 1, the overlap bound (numpy, ~0.3 s per 100k
-rows) and the greedy pass stay on the driver (a dict over the texts and a loop over the sparse
-graph: linear, ~1 s per 100k rows together).
+pair shards) so a cluster spreads them; step 1, the overlap bound (numpy) and the greedy pass
+stay on the driver (a dict over the texts and a loop over the sparse graph): each is linear in
+the rows and cheaper than shipping its inputs to tasks.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from lamini.generate.dedup.rouge import (
 )
 
 # Auto mode uses Ray above this many texts, when a Ray is initialised: below it the local
-# path (20k Alpaca-like texts: ~3 s on one core) beats shipping shards to tasks.
+# path beats shipping shards to tasks (bench_dedup in benchmarks/README.md).
 AUTO_RAY_MIN_TEXTS = 20_000
 SIG_SHARD = 20_000  # texts per signature task
-VERIFY_SHARD = 100_000  # candidate pairs per verification task (~0.3 s of LCS)
+VERIFY_SHARD = 100_000  # candidate pairs per verification task: enough LCS work to dwarf a task's overhead
 _NO_MATCH = (-1.0, 1 << 62)
 
 
