@@ -11,10 +11,10 @@ import importlib
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lamini.analysis.config import AnalyzeConfig
-from lamini.config import ResponsesConfig, load_config
+from lamini.config import ResponsesConfig, StrictModel, load_config
 from lamini.evaluate.config import (
     BenchStudentsConfig,
     EvalConfig,
@@ -25,8 +25,11 @@ from lamini.evaluate.config import (
 from lamini.generate.config import DatasetConfig, InstructionsConfig, ToxicityConfig
 from lamini.train.config import TrainConfig, TuneConfig
 
-# subcommand -> (config class, "module:function" that takes the config and returns a summary)
-STAGES: dict[str, tuple[type, str, str]] = {
+if TYPE_CHECKING:  # an annotation only: importing lamini.runs would load pyarrow for `lamini --help`
+    from lamini.runs.summary import StageSummary
+
+# subcommand -> (config class, "module:function" that takes the config and returns a StageSummary, help)
+STAGES: dict[str, tuple[type[StrictModel], str, str]] = {
     "responses": (
         ResponsesConfig,
         "lamini.generate.responses:run_responses",
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_stage_arguments(s: argparse.ArgumentParser, cls: type) -> None:
+def add_stage_arguments(s: argparse.ArgumentParser, cls: type[StrictModel]) -> None:
     s.add_argument("--config", "-c", help="YAML config for the stage (see configs/).")
     s.add_argument(
         "--set",
@@ -134,7 +137,7 @@ def add_stage_arguments(s: argparse.ArgumentParser, cls: type) -> None:
     s.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+def config_from_args(cls: type[StrictModel], args: argparse.Namespace) -> StrictModel:
     overrides = list(args.overrides)
     for field, _ in POSITIONAL.values():
         if getattr(args, field, None) is not None:
@@ -146,7 +149,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return load_config(cls, args.config, overrides)
 
 
-def run_stage(stage: str, args: argparse.Namespace) -> Any:
+def run_stage(stage: str, args: argparse.Namespace) -> StageSummary:
     cls, ref, _ = STAGES[stage]
     cfg = config_from_args(cls, args)
     module, fn = ref.split(":")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(summary.line())
-    return 0 if getattr(summary, "missing", 0) == 0 else 1
+    return 0 if summary.missing == 0 else 1
 
 
 if __name__ == "__main__":

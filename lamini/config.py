@@ -11,7 +11,7 @@ YAML file is an error, not a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,9 @@ from lamini import SYSTEM_PROMPT
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+M = TypeVar("M", bound=StrictModel)
 
 
 # --------------------------------------------------------------------------------------
@@ -102,7 +105,8 @@ class OpenAITeacherConfig(StrictModel):
     )
     http_client: Literal["aiohttp", "openai"] = Field(
         "aiohttp",
-        description="aiohttp: lean hot path (~0.2 ms CPU/request); openai: the official SDK (~2.6 ms/request). Same retries.",
+        description="aiohttp: the lean hot path (a fraction of the SDK's client CPU per request); openai: the official SDK. "
+        "Same retries.",
     )
     max_in_flight: int = Field(64, ge=1, description="Most requests in flight at once, per teacher actor.")
     requests_per_minute: float | None = Field(None, gt=0, description="Request-rate limit for the whole run.")
@@ -284,7 +288,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(cls: type[StrictModel], path: str | Path | None, overrides: list[str] | None = None) -> Any:
+def load_config(cls: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read YAML at `path` (relative paths inside stay relative to the CWD), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -1,9 +1,10 @@
-"""Small pieces every evaluation report uses: Markdown tables and PNG figures in a run directory."""
+"""Small pieces every report uses: Markdown tables, and PNG figures drawn on the Agg canvas and
+written to a run directory."""
 
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -23,33 +24,37 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str |
     return "\n".join(lines)
 
 
-def new_figure(ncols: int = 1, width: float = 6.5, height: float = 4.0):
-    """(figure, axes) on the Agg backend (no display on cluster nodes)."""
-    import matplotlib
+class FigureDir(Protocol):
+    """Where a figure is written: a lamini.runs.rundir.RunDir (this module sits below runs, so it
+    names only the two methods it calls)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height))
-    return fig, axes
+    def uri_of(self, *parts: str) -> str: ...
 
 
-def save_figure(run: Any, rel: str, fig) -> str:
-    """Write `fig` as PNG to run/rel (atomically, any RunDir filesystem); returns its URI."""
-    import matplotlib.pyplot as plt
+def new_figure(width: float = 6.5, height: float = 4.0, ncols: int = 1, dpi: int = 120):
+    """(figure, axes) on the Agg canvas: `ncols` axes side by side in a `width` x `height` inch
+    figure. No pyplot: its global backend and figure list are left alone (cluster nodes, workers
+    and tests have no display), and nothing has to be closed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols)
+
+
+def save_figure(run: FigureDir, rel: str, fig) -> str:
+    """Write `fig` as PNG (at its own dpi) to run/rel, atomically on any RunDir filesystem; returns
+    its URI. Layout is the caller's: call fig.tight_layout() (with its rect, if any) before."""
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    tmp = run.path(rel + ".tmp")
-    with run.fs.open_output_stream(tmp) as f:
-        f.write(buf.getvalue())
-    run.fs.move(tmp, run.path(rel))
+    fig.savefig(buf, format="png")
+    run.write_bytes(rel, buf.getvalue())
     return run.uri_of(rel)
 
 
-def grouped_bars(run: Any, rel: str, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> str:
+def grouped_bars(run: FigureDir, rel: str, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> str:
     """One group of bars per name (a student), one bar per series (a judge, a prompt group) -> run/rel PNG."""
     fig, ax = new_figure(width=max(6.0, 1.2 * len(names)))
     width = 0.8 / max(1, len(series))
@@ -59,10 +64,11 @@ def grouped_bars(run: Any, rel: str, names: Sequence[str], series: dict[str, Seq
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return save_figure(run, rel, fig)
 
 
-def stacked_bars(run: Any, rel: str, names: Sequence[str], shares: dict[str, Sequence[float]], colors: Sequence[str],
+def stacked_bars(run: FigureDir, rel: str, names: Sequence[str], shares: dict[str, Sequence[float]], colors: Sequence[str],
                  xlabel: str, title: str) -> str:
     """One horizontal bar per name (a model), split into segments (e.g. the share of A/B/C/D, in
     order, summing to 100) -> run/rel PNG. The layout of LaMini-LM's Figure 5."""
@@ -80,6 +86,7 @@ def stacked_bars(run: Any, rel: str, names: Sequence[str], shares: dict[str, Seq
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
     return save_figure(run, rel, fig)
 
 

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "lamini.models": {"lamini", "lamini.config", "lamini.reporting"},
     "lamini.scoring": {"lamini", "lamini.config"},
     "lamini.engines": {"lamini", "lamini.config", "lamini.models"},
-    "lamini.runs": {"lamini", "lamini.config", "lamini.engines", "lamini.models"},
+    "lamini.runs": {"lamini", "lamini.config", "lamini.corpus", "lamini.engines", "lamini.models"},
     "lamini.analysis": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.runs", "lamini.scoring"},
     "lamini.generate": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.models",
                         "lamini.scoring", "lamini.engines", "lamini.runs", "lamini.analysis"},

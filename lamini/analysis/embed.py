@@ -17,18 +17,19 @@ exactly those texts, so two calls give two unrelated spaces.
 
 t-SNE, :func:`tsne_2d`: ``sklearn.manifold.TSNE`` with PCA init, automatic learning rate, the
 given seed, and perplexity ``min(30, (n - 1) / 3)`` (at least 2) so small samples still work.
-:func:`scatter_png` draws the two-subset scatter on matplotlib's Agg canvas (no pyplot state).
+:func:`scatter_figure` draws the two-subset scatter on matplotlib's Agg canvas (no pyplot state).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from lamini.reporting import new_figure
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ def tsne_2d(vectors: np.ndarray, seed: int) -> np.ndarray:
     return tsne.fit_transform(np.asarray(vectors, dtype=np.float64))
 
 
-def scatter_png(points: np.ndarray, labels: Sequence[str], pair: tuple[str, str], caption: str) -> bytes:
-    """2-D points with their subset labels in, a PNG (two colours, legend with counts) out."""
-    fig, ax = agg_figure(figsize=(7, 6.2))
+def scatter_figure(points: np.ndarray, labels: Sequence[str], pair: tuple[str, str], caption: str):
+    """2-D points with their subset labels in, a matplotlib Figure (two colours, legend with counts) out."""
+    fig, ax = new_figure(width=7, height=6.2)
     labels_arr = np.asarray(labels)
     for name, colour in zip(pair, ("tab:blue", "tab:orange")):
         sel = labels_arr == name
@@ -128,21 +129,4 @@ def scatter_png(points: np.ndarray, labels: Sequence[str], pair: tuple[str, str]
     ax.legend(loc="best", markerscale=3, fontsize=9, framealpha=0.9)
     fig.text(0.01, 0.01, caption, fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return png_bytes(fig)
-
-
-def agg_figure(figsize: tuple[float, float]):
-    """A matplotlib Figure on the Agg canvas and its axes, without pyplot's global backend state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=120)
-    FigureCanvasAgg(fig)  # Agg: no display needed (workers, CI); pyplot's backend is left alone
-    return fig, fig.subplots()
-
-
-def png_bytes(fig) -> bytes:
-    """A Figure in, its PNG bytes out."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig

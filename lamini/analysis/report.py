@@ -40,14 +40,14 @@ import pyarrow.parquet as pq
 from lamini.analysis.config import AnalyzeConfig
 from lamini.analysis.embed import (
     TFIDF_SVD,
-    agg_figure,
     get_embedder,
-    png_bytes,
-    scatter_png,
+    scatter_figure,
     tsne_2d,
     tsne_perplexity,
-)  # fmt: skip
+)
 from lamini.analysis.stats import StatsAccumulator, SubsetStats, summarise_block
+from lamini.corpus.schema import INSTRUCTION, RESPONSE
+from lamini.reporting import new_figure, save_figure
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def collect_stats(cfg: AnalyzeConfig, fs: pafs.FileSystem, files: list[str]) -> 
     from lamini.runs.ray_env import init_ray
 
     init_ray(cfg.ray)
-    columns = ["instruction", "response", cfg.group_by]
+    columns = [INSTRUCTION, RESPONSE, cfg.group_by]
     ds = ray.data.read_parquet(files, filesystem=fs).select_columns(columns)  # projection is pushed into the read
     kwargs = dict(group_by=cfg.group_by, tokenizer=cfg.tokenizer, window=cfg.mattr_window,
                   sample_k=cfg.tsne_sample, seed=cfg.seed)  # fmt: skip
@@ -268,8 +268,9 @@ def render_report(cfg: AnalyzeConfig, files: list[str], rows: list[SubsetStats],
     return "\n".join(md)
 
 
-def lengths_png(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[bytes, dict]:
-    """Grouped bars of average instruction/response length per subset (the paper's beside, hatched, if known)."""
+def lengths_figure(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[Any, dict]:
+    """Grouped bars of average instruction/response length per subset (the paper's beside, hatched, if
+    known) -> (matplotlib Figure, the plotted values)."""
     import numpy as np
 
     data = {"subsets": [r.subset for r in rows], "tokenizer": tokenizer,
@@ -283,7 +284,7 @@ def lengths_png(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[b
         paper_vals = data[f"paper_avg_{what}_length"]
         if any(v is not None for v in paper_vals):
             series.append((f"{what} (paper)", [np.nan if v is None else v for v in paper_vals], colour, "//"))
-    fig, ax = agg_figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.6))
+    fig, ax = new_figure(width=max(6.0, 1.3 * len(rows) + 2), height=4.6)
     x, width = np.arange(len(rows)), 0.8 / len(series)
     for k, (name, vals, colour, hatch) in enumerate(series):
         bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, label=name,
@@ -297,19 +298,11 @@ def lengths_png(rows: list[SubsetStats], paper: dict, tokenizer: str) -> tuple[b
     ax.legend(fontsize=8, loc="upper center", ncol=len(series), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    return png_bytes(fig), data
+    return fig, data
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "_"
-
-
-def _write(out: RunDir, name: str, data: bytes | str) -> None:
-    if isinstance(data, str):
-        out.write_text(name, data)
-        return
-    with out.fs.open_output_stream(out.path(name)) as f:
-        f.write(data)
 
 
 def tsne_figures(cfg: AnalyzeConfig, acc: StatsAccumulator, by_size: list[str], out: RunDir,
@@ -342,9 +335,9 @@ def tsne_figures(cfg: AnalyzeConfig, acc: StatsAccumulator, by_size: list[str], 
                "perplexity": tsne_perplexity(len(all_texts)), "seed": cfg.seed,
                "png": stem + ".png", "json": stem + ".json"}  # fmt: skip
         caption = f"embedding: {embedder.name}; seed {cfg.seed}"
-        _write(out, fig["png"], scatter_png(points, labels, (a, b), caption))
+        save_figure(out, fig["png"], scatter_figure(points, labels, (a, b), caption))
         points_json = {**fig, "labels": labels, "points": points.round(4).tolist(), "texts": all_texts}
-        _write(out, fig["json"], json.dumps(points_json))
+        out.write_text(fig["json"], json.dumps(points_json))
         figures.append(fig)
     if embedder.name.startswith(TFIDF_SVD):
         notes.append("Embeddings: TF-IDF (uni+bigrams, English stop words removed) + TruncatedSVD to <=100 dims, "
@@ -360,23 +353,23 @@ def run_analyze(cfg: AnalyzeConfig) -> AnalyzeSummary:
     """Config in; the report files written and an :class:`AnalyzeSummary` out (see module docstring)."""
     t0 = time.time()
     fs, files, default_out = resolve_input(cfg.input)
-    check_columns(fs, files, ["instruction", "response", cfg.group_by])
+    check_columns(fs, files, [INSTRUCTION, RESPONSE, cfg.group_by])
     out = RunDir(cfg.output_dir or default_out)
     acc = collect_stats(cfg, fs, files)
     rows, total = acc.finish()
     paper = load_paper_values()
     notes: list[str] = []
     figures, embedding = tsne_figures(cfg, acc, [r.subset for r in rows], out, notes)
-    png, lengths = lengths_png(rows, paper, cfg.tokenizer)
-    _write(out, "lengths.png", png)
-    _write(out, "lengths.json", json.dumps(lengths, indent=1))
+    lengths_fig, lengths = lengths_figure(rows, paper, cfg.tokenizer)
+    save_figure(out, "lengths.png", lengths_fig)
+    out.write_text("lengths.json", json.dumps(lengths, indent=1))
     meta = {"input": cfg.input, "files": files, "group_by": cfg.group_by, "tokenizer": cfg.tokenizer}
     table1 = {**meta, "rows": [r.table1() for r in rows], "total": total.table1(), "paper": paper.get("table1", {})}
     table2 = {**meta, "window": cfg.mattr_window, "rows": [r.table2() for r in rows], "total": total.table2(),
               "paper": paper.get("table2", {})}  # fmt: skip
-    _write(out, "table1.json", json.dumps(table1, indent=1))
-    _write(out, "table2.json", json.dumps(table2, indent=1))
-    _write(out, "report.md", render_report(cfg, files, rows, total, paper, figures, notes))
+    out.write_text("table1.json", json.dumps(table1, indent=1))
+    out.write_text("table2.json", json.dumps(table2, indent=1))
+    out.write_text("report.md", render_report(cfg, files, rows, total, paper, figures, notes))
     summary = AnalyzeSummary(
         report_path=out.uri_of("report.md"), output_dir=out.uri, rows=total.samples,
         subsets={r.subset: r.samples for r in rows}, files=files, tsne=[f["png"] for f in figures],

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lamini.config import CorpusSpec
-from lamini.corpus.schema import BadRecord
+from lamini.corpus.schema import (
+    INSTRUCTION,
+    INSTRUCTION_SOURCE,
+    LAMINI_COLUMNS,
+    RESPONSE,
+    BadRecord,
+)
 from lamini.corpus.sources import EXTENSIONS, Container
 
 ENDOFTEXT = "<|endoftext|>"
@@ -219,11 +225,11 @@ def parse_oig(value: Any, ctx: FileContext) -> list[Parsed]:
 
 
 def parse_lamini(value: Any, ctx: FileContext) -> list[Parsed]:
-    """LaMini-instruction ``{instruction, response, instruction_source}``; subset = instruction_source."""
+    """LaMini-instruction (LAMINI_COLUMNS: instruction, response, instruction_source); subset = instruction_source."""
     row = _object(value)
-    instruction = instruction_str(row, "instruction")
-    response = response_or_none(optional_str(row, "response"))
-    return [Parsed(instruction, "", response, required_str(row, "instruction_source"), {})]
+    instruction = instruction_str(row, INSTRUCTION)
+    response = response_or_none(optional_str(row, RESPONSE))
+    return [Parsed(instruction, "", response, required_str(row, INSTRUCTION_SOURCE), {})]
 
 
 def parse_generic(value: Any, ctx: FileContext) -> list[Parsed]:
@@ -256,7 +262,7 @@ FORMATS: dict[str, Format] = {
     "p3": Format("jsonl", parse_p3),
     "flan": Format("jsonl", parse_flan),
     "oig": Format("json", parse_oig),
-    "lamini": Format("parquet", parse_lamini, ("instruction", "response", "instruction_source")),
+    "lamini": Format("parquet", parse_lamini, LAMINI_COLUMNS),
     "generic": Format(None, parse_generic),
 }
 

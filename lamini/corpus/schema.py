@@ -33,6 +33,23 @@ schemas differ only in nullability, and Ray Data / Parquet round trips produce n
 
 CORPUS_COLUMNS: tuple[str, ...] = tuple(CORPUS_SCHEMA.names)
 
+INSTRUCTION, RESPONSE, INSTRUCTION_SOURCE = "instruction", "response", "instruction_source"
+LAMINI_SCHEMA = pa.schema(
+    [
+        pa.field(INSTRUCTION, pa.string()),  # what the teacher answered: the corpus row's `prompt`
+        pa.field(RESPONSE, pa.string()),
+        pa.field(INSTRUCTION_SOURCE, pa.string()),  # the corpus or generator it came from
+    ]
+)
+"""The LaMini-instruction dataset's columns: the first columns of every row `lamini responses` and
+`lamini dataset` write (provenance follows), what `lamini train` and `lamini analyze` read, and what
+the ``lamini`` corpus format reads back."""
+
+LAMINI_COLUMNS: tuple[str, ...] = tuple(LAMINI_SCHEMA.names)
+
+# Which corpus (CORPUS_SCHEMA) column fills each LaMini column: the instruction is the joined prompt.
+LAMINI_FROM_CORPUS: dict[str, str] = {INSTRUCTION: "prompt", RESPONSE: "response", INSTRUCTION_SOURCE: "source"}
+
 
 class CorpusError(ValueError):
     """A bad input row or file, named by file and 1-based line (``None`` for the whole file).

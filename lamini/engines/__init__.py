@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lamini.config import TeacherConfig
 from lamini.engines.base import ChatRequest, ChatResult, Engine, EngineInfo
 
 ENGINES: dict[str, EngineInfo] = {
@@ -33,7 +34,7 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def make_engine(cfg: Any, share: float = 1.0) -> Engine:
+def make_engine(cfg: TeacherConfig, share: float = 1.0) -> Engine:
     """Build the in-process engine for a teacher config (OpenAITeacherConfig, HFTeacherConfig, ...).
 
     `share` is this instance's fraction of the run-wide rate limits (HTTP engines only).
@@ -43,7 +44,7 @@ def make_engine(cfg: Any, share: float = 1.0) -> Engine:
     return cls(cfg, share=share) if info.io_bound else cls(cfg)
 
 
-def engine_stage(cfg: Any):
+def engine_stage(cfg: TeacherConfig):
     """The function that maps a Ray Dataset of request rows through this config's engine."""
     return _load(ENGINES[cfg.engine].stage)
 

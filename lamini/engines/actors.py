@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Callable
 
 import pyarrow as pa
 
+from lamini.config import GenerationParams, PipelineConfig, TeacherConfig
 from lamini.engines.base import (
     ChatRequest,
     Engine,
@@ -36,9 +37,10 @@ from lamini.engines.base import (
     build_request,
     text_request,
 )
+from lamini.models.spec import StudentServing
 
 
-def teacher_label(teacher_cfg: Any) -> str:
+def teacher_label(teacher_cfg: TeacherConfig) -> str:
     """A short provenance label for the output rows: engine:model."""
     model = getattr(teacher_cfg, "model", None) or "embedded-smollm2-135m-instruct"
     return f"{teacher_cfg.engine}:{model}"
@@ -140,11 +142,11 @@ def apply_engine(
     )
 
 
-def apply_teacher(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeline: Any):
-    """Map `ds` (needs `prompt`) through the teacher on an autoscaling actor pool.
-
-    teacher_cfg: a TeacherConfig (openai or hf); gen: GenerationParams; pipeline: PipelineConfig.
-    """
+def apply_teacher(
+    ds, teacher_cfg: TeacherConfig, gen: GenerationParams, system_prompt: str | None, pipeline: PipelineConfig
+):
+    """Map `ds` (needs `prompt`) through the teacher (openai or hf; a judge is a teacher config too)
+    on an autoscaling actor pool sized by `pipeline`."""
     from lamini.engines import ENGINES, make_engine
 
     io_bound = ENGINES[teacher_cfg.engine].io_bound
@@ -170,7 +172,7 @@ def apply_teacher(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pip
     )
 
 
-def apply_hf(ds, serving: Any, gen: Any, min_tokens: int = 0):
+def apply_hf(ds, serving: StudentServing, gen: GenerationParams, min_tokens: int = 0):
     """Map `ds` (needs `prompt`, the finished prompt text) through HF student actors sized by
     `serving` (a lamini.evaluate.inference.Serving). min_tokens > 0: suppress EOS until then."""
     from lamini.engines.hf_local import HFEngine

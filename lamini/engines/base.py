@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from lamini.config import GenerationParams
+
 
 @dataclass
 class ChatRequest:
@@ -146,7 +148,7 @@ class EngineInfo:
     student_stage: str | None = None  # the stage that serves a student (a Serving) on this engine
 
 
-def text_request(text: str, gen: Any, min_tokens: int = 0) -> ChatRequest:
+def text_request(text: str, gen: GenerationParams, min_tokens: int = 0) -> ChatRequest:
     """Pure: a student's finished prompt text -> a ChatRequest that sends it as it is (no chat template)."""
     return ChatRequest(
         messages=[], max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed,
@@ -154,11 +156,10 @@ def text_request(text: str, gen: Any, min_tokens: int = 0) -> ChatRequest:
     )  # fmt: skip
 
 
-def build_request(prompt: str, system_prompt: str | None, gen: Any) -> ChatRequest:
+def build_request(prompt: str, system_prompt: str | None, gen: GenerationParams) -> ChatRequest:
     """Pure: one instruction (already joined as '$instruction:$input') -> a ChatRequest.
 
-    `gen` is a lamini.config.GenerationParams. The system message is the paper's unless
-    the config sets another (or None for no system message).
+    The system message is the paper's unless the config sets another (or None for no system message).
     """
     messages = []
     if system_prompt:

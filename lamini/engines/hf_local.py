@@ -18,9 +18,11 @@ import logging
 import time
 from typing import Any
 
+from lamini.config import HFTeacherConfig
 from lamini.engines.base import ChatRequest, ChatResult
 from lamini.models.gguf_cache import loadable
 from lamini.models.loading import prepare_tokenizer, resolve_model_source
+from lamini.models.spec import StudentServing
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ class HFEngine:
     requests are tokenized as they are.
     """
 
-    def __init__(self, cfg: Any):
-        """cfg: a lamini.config.HFTeacherConfig. Loads tokenizer and model; raises if it cannot."""
+    def __init__(self, cfg: HFTeacherConfig):
+        """Loads tokenizer and model; raises if it cannot."""
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,7 +81,7 @@ class HFEngine:
             log.warning("%s has no chat template: prompts are the messages' text joined plainly", self.source)
 
     @classmethod
-    def for_student(cls, serving: Any) -> "HFEngine":
+    def for_student(cls, serving: StudentServing) -> HFEngine:
         """A student as an engine: serving is a lamini.evaluate.inference.Serving (student spec,
         family, device, dtype); the student's batch_size and max_input_tokens apply."""
         from lamini.models.loading import load_for_generation
@@ -104,7 +106,7 @@ class HFEngine:
         self.eos_ids = model_eos_ids(model, tokenizer)
 
     @staticmethod
-    def _device_dtype(cfg: Any):
+    def _device_dtype(cfg: HFTeacherConfig):
         import torch
 
         device = cfg.device

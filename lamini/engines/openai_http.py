@@ -322,15 +322,11 @@ class OpenAIEngine:
             skip_auto_headers=("Accept-Encoding",),  # small JSON bodies: compression costs more CPU than it saves
         )
 
-    # Client CPU per request (time.process_time over 3,000 requests in one process, batches
-    # of 64 awaited concurrently, max_in_flight 64, fake server at 0 latency in its own
-    # process, Python 3.11, no uvloop):
-    #   aiohttp path: 0.17-0.19 ms/request (~4,500 requests/s on one core)
-    #   openai SDK path: 2.5-2.7 ms/request (~370 requests/s on one core)
-    # The SDK's per-request machinery (pydantic options and response models, httpx) costs
-    # ~14x more: at 1,000 requests/s it alone would need 2.5 cores per actor. Hence this lean
-    # path: one pooled session, headers set once, bytes from json.dumps, and only choices[0]
-    # and usage read from the answer.
+    # The SDK's per-request machinery (pydantic options and response models, httpx) costs an
+    # order of magnitude more client CPU than this path (benchmarks/README.md): at a thousand
+    # requests/s it alone would need more than two cores per actor. Hence this lean path: one
+    # pooled session, headers set once, bytes from json.dumps, and only choices[0] and usage
+    # read from the answer.
     async def _send_aiohttp(self, session: Any, payload: dict[str, Any]) -> ChatResult | _Failure:
         import aiohttp
 

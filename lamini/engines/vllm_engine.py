@@ -35,12 +35,14 @@ import time
 from functools import partial
 from typing import Any
 
+from lamini.config import GenerationParams, PipelineConfig, VLLMTeacherConfig
 from lamini.engines.base import (
     ChatRequest,
     ChatResult,
     build_request,
     result_to_columns,
 )
+from lamini.models.spec import ServedStudent, StudentServing
 
 PROMPT_COLUMN = "prompt"  # lamini.corpus.CORPUS_SCHEMA: the text the teacher is sent
 INSTALL_HINT = "pip install 'lamini-lm[gpu]'"
@@ -78,11 +80,11 @@ def sampling_params_of(req: ChatRequest) -> dict[str, Any]:
     return params
 
 
-def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: Any) -> dict[str, Any]:
+def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: GenerationParams) -> dict[str, Any]:
     """Our request row (needs `prompt`) -> the row Ray's vLLM processor takes.
 
     Adds `messages` (system + user) and `sampling_params` (max_tokens, temperature,
-    top_p, seed when set, from `gen`, a GenerationParams). Keeps every input column
+    top_p, seed when set, from `gen`). Keeps every input column
     (`id` included); one whose name the engine uses travels as STASH + name.
     """
     req = build_request(row[PROMPT_COLUMN], system_prompt, gen)
@@ -93,7 +95,9 @@ def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: Any) -> dic
     return out
 
 
-def to_vllm_text_row(row: dict[str, Any], text_column: str, gen: Any, ignore_eos: bool = False) -> dict[str, Any]:
+def to_vllm_text_row(
+    row: dict[str, Any], text_column: str, gen: GenerationParams, ignore_eos: bool = False
+) -> dict[str, Any]:
     """A row whose `text_column` is the finished prompt text (no chat template: students see
     the Alpaca wrapper or the raw instruction) -> the row Ray's vLLM processor takes with its
     chat-template stage off. Input columns travel as in `to_vllm_row`. ignore_eos: keep
@@ -173,7 +177,11 @@ def results_table(batch, label: str, max_model_len: int | None = None, label_col
 
 
 def vllm_engine_kwargs(
-    model_cfg: Any, *, dtype: str = "auto", num_gpus: float = 1.0, trust_remote_code: bool = False
+    model_cfg: VLLMTeacherConfig | ServedStudent,
+    *,
+    dtype: str = "auto",
+    num_gpus: float = 1.0,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The vLLM engine arguments for a teacher config or a student spec (both have
     tensor_parallel_size, max_model_len and engine_kwargs): the one place they are built, for
@@ -195,8 +203,8 @@ def vllm_engine_kwargs(
     return kwargs
 
 
-def processor_config(teacher_cfg: Any, pipeline: Any):
-    """VLLMTeacherConfig + PipelineConfig -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM)."""
+def processor_config(teacher_cfg: VLLMTeacherConfig, pipeline: PipelineConfig):
+    """The teacher and its pool -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
     return vLLMEngineProcessorConfig(
@@ -211,7 +219,7 @@ def processor_config(teacher_cfg: Any, pipeline: Any):
     )
 
 
-def student_processor_config(serving: Any):
+def student_processor_config(serving: StudentServing):
     """Serving -> ray.data.llm.vLLMEngineProcessorConfig (needs no vLLM; unit-tested on CPU).
 
     A student smaller than a GPU gets a fractional GPU bundle (and, from vllm_engine_kwargs, the
@@ -276,11 +284,12 @@ def _through_processor(ds, config, to_row, label: str, max_model_len: int | None
     )
 
 
-def apply_vllm(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeline: Any):
+def apply_vllm(
+    ds, teacher_cfg: VLLMTeacherConfig, gen: GenerationParams, system_prompt: str | None, pipeline: PipelineConfig
+):
     """Map `ds` (needs `prompt`) through vLLM engine actors -> the rows with RESULT_COLUMNS added.
 
-    teacher_cfg: VLLMTeacherConfig; gen: GenerationParams; pipeline: PipelineConfig (its
-    min/max_actors size the engine pool). Lazy like every Ray Data stage.
+    The pipeline's min/max_actors size the engine pool. Lazy like every Ray Data stage.
     """
     from lamini.engines.actors import teacher_label
 
@@ -290,7 +299,7 @@ def apply_vllm(ds, teacher_cfg: Any, gen: Any, system_prompt: str | None, pipeli
     return _through_processor(ds, config, to_row, teacher_label(teacher_cfg), teacher_cfg.max_model_len, "teacher")
 
 
-def apply_vllm_student(ds, serving: Any, gen: Any, min_tokens: int = 0):
+def apply_vllm_student(ds, serving: StudentServing, gen: GenerationParams, min_tokens: int = 0):
     """Map `ds` (needs `prompt`, the finished text) through a student's vLLM engine actors.
     min_tokens > 0: ignore EOS (benchmarks)."""
     to_row = partial(to_vllm_text_row, text_column="prompt", gen=gen, ignore_eos=bool(min_tokens))
@@ -304,8 +313,8 @@ class VLLMEngine:
     Chat requests go through the model's chat template (`LLM.chat`); text requests (students)
     are continued as they are (`LLM.generate`)."""
 
-    def __init__(self, cfg: Any):
-        """cfg: a lamini.config.VLLMTeacherConfig. Starts the engine; raises without vllm."""
+    def __init__(self, cfg: VLLMTeacherConfig):
+        """Starts the engine; raises without vllm."""
         try:
             import vllm
         except ImportError as e:

@@ -27,6 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.config import GenerationParams, RayInitConfig
+from lamini.evaluate.config import StudentSpec
 from lamini.models.templates import wrap
 from lamini.runs.fingerprint import reusable, store, table_digest
 from lamini.runs.rundir import RunDir
@@ -45,7 +47,7 @@ VLLM_UNSUPPORTED_MODEL_TYPES = frozenset({"gpt_neo", "t5", "mt5", "bart"})
 class Serving:
     """How one student is served: what plan_serving decided, recorded in every result."""
 
-    student: Any  # StudentSpec
+    student: StudentSpec
     engine: str  # "hf" | "vllm"
     engine_reason: str
     family: str  # "decoder" | "encoder-decoder"
@@ -74,7 +76,7 @@ class Serving:
         }
 
 
-def student_model_fields(student: Any) -> dict[str, Any]:
+def student_model_fields(student: StudentSpec) -> dict[str, Any]:
     """The MODEL_KEYS fields of a StudentSpec (what a stored result of this student must match)."""
     return {k: getattr(student, k) for k in MODEL_KEYS}
 
@@ -128,7 +130,7 @@ def count_params_meta(config: Any, family: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def plan_serving(student: Any, cluster_gpus: float, have_vllm: bool) -> Serving:
+def plan_serving(student: StudentSpec, cluster_gpus: float, have_vllm: bool) -> Serving:
     """StudentSpec + what the cluster has -> Serving. Reads the model config (no weights)."""
     from transformers import AutoConfig
 
@@ -190,7 +192,7 @@ class StudentRun:
         )
 
 
-def _run_one(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> pa.Table:
+def _run_one(serving: Serving, rows: pa.Table, gen: GenerationParams, min_tokens: int) -> pa.Table:
     import ray
 
     from lamini.engines import student_stage
@@ -207,7 +209,7 @@ def _run_one(serving: Serving, rows: pa.Table, gen: Any, min_tokens: int) -> pa.
     return out.sort_by(ROW_INDEX)
 
 
-def generation_parts(serving: Serving, rows_digest: str, gen: Any, min_tokens: int) -> dict[str, Any]:
+def generation_parts(serving: Serving, rows_digest: str, gen: GenerationParams, min_tokens: int) -> dict[str, Any]:
     """What a student's stored outputs must match to be reused: its model, the wrapper as resolved
     ("auto" depends on the family), the prompt truncation, the sampling settings, min_tokens and
     every input row (the carried columns, e.g. `id`, go into the output too). Not the engine, device
@@ -224,12 +226,12 @@ def generation_parts(serving: Serving, rows_digest: str, gen: Any, min_tokens: i
 
 
 def generate_for_students(
-    students: list[Any],
+    students: list[StudentSpec],
     rows: pa.Table,
-    gen: Any,
+    gen: GenerationParams,
     run: RunDir,
     subdir: str,
-    ray_cfg: Any,
+    ray_cfg: RayInitConfig,
     min_tokens: int = 0,
 ) -> dict[str, StudentRun]:
     """rows (needs `instruction`; other columns are carried) -> {student name: StudentRun}.

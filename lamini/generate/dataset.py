@@ -4,7 +4,8 @@
 2. the teacher's responses to the generated instructions and to the original prompts of
    the `originals` corpora (Alpaca, P3, FLAN), with the paper's system message;
 3. optionally drop toxic rows with detoxify (set aside in `rejected/toxic_dropped.parquet`);
-4. assemble D_ALL in the LaMini-instruction schema (`instruction, response, instruction_source`
+4. assemble D_ALL in the LaMini-instruction schema (lamini.corpus.schema.LAMINI_COLUMNS:
+   `instruction, response, instruction_source`
    + provenance) at `dataset/lamini_instruction.parquet`, with its dataset card `dataset/README.md`;
 5. the analysis report (Tables 1-2, Figure 2) in `report/`.
 
@@ -24,10 +25,11 @@ import logging
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
+from lamini.corpus.schema import INSTRUCTION, INSTRUCTION_SOURCE
+from lamini.generate.config import DatasetConfig
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,8 @@ def _generated_rows(instructions: pa.Table) -> pa.Table:
     from lamini.corpus import row_id
 
     n = instructions.num_rows
-    insts = instructions.column("instruction").to_pylist()
-    srcs = instructions.column("instruction_source").to_pylist()
+    insts = instructions.column(INSTRUCTION).to_pylist()
+    srcs = instructions.column(INSTRUCTION_SOURCE).to_pylist()
     subs = instructions.column("subset").to_pylist()
     return pa.table(
         {
@@ -83,8 +85,8 @@ class DatasetSummary:
         )
 
 
-def run_dataset(cfg: Any) -> DatasetSummary:
-    """Run or resume the whole dataset build for a DatasetConfig."""
+def run_dataset(cfg: DatasetConfig) -> DatasetSummary:
+    """Run or resume the whole dataset build."""
     from lamini.generate.card import count_by_source, write_dataset_card
     from lamini.generate.instructions import generate_instructions
     from lamini.generate.responses import read_inputs

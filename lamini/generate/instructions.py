@@ -23,18 +23,25 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 
+from lamini.corpus.schema import INSTRUCTION, INSTRUCTION_SOURCE, LAMINI_SCHEMA
+from lamini.generate.config import (
+    BudgetConfig,
+    FilterConfig,
+    GenerationSourceSpec,
+    InstructionsConfig,
+)
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+# An accepted instruction: its LaMini columns (no response yet), then where it was generated.
 CANDIDATE_SCHEMA = pa.schema(
     [
-        ("instruction", pa.string()),
-        ("instruction_source", pa.string()),
+        LAMINI_SCHEMA.field(INSTRUCTION),
+        LAMINI_SCHEMA.field(INSTRUCTION_SOURCE),
         ("subset", pa.string()),
         ("round", pa.int64()),
         ("prompt_id", pa.string()),
@@ -65,7 +72,7 @@ class GenerationState:
         return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
 
 
-def _load_seeds(specs: list, on_error: str, run: RunDir) -> dict[str, pa.Table]:
+def _load_seeds(specs: list[GenerationSourceSpec], on_error: str, run: RunDir) -> dict[str, pa.Table]:
     from lamini.corpus import RejectLog, read_corpus
 
     rejects = RejectLog()
@@ -112,7 +119,14 @@ def _parse_round(outputs: pa.Table, round_no: int) -> tuple[list[dict], dict[str
     return cands, outcomes
 
 
-def _filter_round(cands: pa.Table, state: GenerationState, seed_texts: list[str], seen: set[str], specs, filters):
+def _filter_round(
+    cands: pa.Table,
+    state: GenerationState,
+    seed_texts: list[str],
+    seen: set[str],
+    specs: list[GenerationSourceSpec],
+    filters: FilterConfig,
+):
     """Apply every filter in order; trim each source to its target. Returns kept, dropped, counts."""
     from lamini.generate.dedup.neardup import near_dup_filter_table
     from lamini.generate.filters import apply_filters
@@ -156,7 +170,7 @@ def _prompt_tokens_bound(tables: dict[str, pa.Table], state: GenerationState) ->
 
 
 def size_round(
-    wanted: dict[str, int], budget: Any, state: GenerationState, prompt_tokens: float, max_tokens: int
+    wanted: dict[str, int], budget: BudgetConfig, state: GenerationState, prompt_tokens: float, max_tokens: int
 ) -> tuple[dict[str, int], str | None]:
     """How many prompts each short source sends this round, within what is left of the budget:
     ({source: prompts}, None), or ({}, stop reason) when not one more request fits.
@@ -192,10 +206,10 @@ def size_round(
     return sizes, None
 
 
-def generate_instructions(cfg: Any) -> GenerationState:
+def generate_instructions(cfg: InstructionsConfig) -> GenerationState:
     """Run (or resume) generation rounds under cfg.run_dir/instructions until targets or budget;
-    returns the state. cfg: an InstructionsConfig (`lamini dataset` passes
-    ``DatasetConfig.instructions_config()``, whose run_dir is the dataset's)."""
+    returns the state. (`lamini dataset` passes ``DatasetConfig.instructions_config()``, whose
+    run_dir is the dataset's.)"""
     from lamini.generate.filters import normalize
     from lamini.generate.prompts import build_prompts
     from lamini.generate.topics import load_topics
@@ -309,7 +323,7 @@ class InstructionsSummary:
         )
 
 
-def run_instructions(cfg: Any) -> InstructionsSummary:
+def run_instructions(cfg: InstructionsConfig) -> InstructionsSummary:
     """`lamini instructions`: run or resume generation for an InstructionsConfig."""
     from lamini.runs import manifest as mf
 

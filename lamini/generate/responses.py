@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lamini.config import ResponsesConfig
+from lamini.config import ResponsesConfig, TeacherConfig
 from lamini.runs import manifest as mf
 from lamini.runs.answer import answer_table
 from lamini.runs.rundir import RunDir
@@ -136,7 +136,7 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
     return summary
 
 
-def _teacher_description(teacher_cfg: Any) -> dict[str, Any]:
+def _teacher_description(teacher_cfg: TeacherConfig) -> dict[str, Any]:
     # The config itself describes the teacher; building the teacher here (loading a model)
     # only for the manifest would cost more than the information is worth.
     d = teacher_cfg.model_dump(mode="json")

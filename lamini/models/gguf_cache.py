@@ -5,12 +5,13 @@
     model = AutoModelForCausalLM.from_pretrained(src, **kw)   # a safetensors folder, no gguf_file
 
 transformers reads GGUF by dequantising every tensor in Python and converting the GGUF
-vocabulary into a fast tokenizer, on every load: 17-46 s for the 135M embedded teacher on 2
-cores, paid by each teacher actor, each student actor and each training worker. transformers
+vocabulary into a fast tokenizer, on every load: tens of seconds even for the 135M embedded
+teacher, paid by each teacher actor, each student actor and each training worker. transformers
 keeps no cache of the result, so this module keeps one: the first load saves the model
 (float32, the exact dequantised values) and tokenizer with ``save_pretrained`` to
 ``$LAMINI_GGUF_CACHE`` (default ``$HF_HOME/lamini-dequantised``), and every later load, in
-any process on the machine, reads that folder (~1 s).
+any process on the machine, reads that folder (an ordinary safetensors load; README.md has
+the times).
 
 The key is the GGUF file's resolved path, size and mtime and the transformers version (its
 dequantisation code may change), so an edited or replaced file is converted again. Writers

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from lamini.models.gguf_cache import detach_quantizer, loadable
+from lamini.models.spec import ModelSource, StudentServing
 
 
-def model_source(spec: Any) -> tuple[str, dict[str, Any]]:
+def model_source(spec: ModelSource) -> tuple[str, dict[str, Any]]:
     """(what from_pretrained loads, its keyword arguments: gguf_file, trust_remote_code) for a StudentModelSpec."""
     src, gguf = resolve_model_source(None if spec.base == "embedded" else spec.base, spec.gguf_file)
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
@@ -19,7 +20,7 @@ def model_source(spec: Any) -> tuple[str, dict[str, Any]]:
     return src, kw
 
 
-def resolve_family(spec: Any) -> str:
+def resolve_family(spec: ModelSource) -> str:
     """'decoder' or 'encoder-decoder': the spec's own, else the model config's is_encoder_decoder."""
     if spec.family:
         return spec.family
@@ -30,7 +31,7 @@ def resolve_family(spec: Any) -> str:
     return "encoder-decoder" if getattr(conf, "is_encoder_decoder", False) else "decoder"
 
 
-def load_tokenizer(spec: Any):
+def load_tokenizer(spec: ModelSource):
     from transformers import AutoTokenizer
 
     src, kw = model_source(spec)
@@ -40,7 +41,7 @@ def load_tokenizer(spec: Any):
     return AutoTokenizer.from_pretrained(src, **kw)
 
 
-def load_student(spec: Any, family: str, dtype: str = "float32"):
+def load_student(spec: ModelSource, family: str, dtype: str = "float32"):
     """The model in `dtype` (fp32 master weights for training; DeepSpeed casts for bf16/fp16)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -128,9 +129,8 @@ def prepare_tokenizer(tok, decoder: bool):
     return tok
 
 
-def load_for_generation(serving: Any):
-    """(model in eval mode on serving.device, tokenizer set up for batched generation).
-
-    serving: a lamini.evaluate.inference.Serving (student spec, family, device, dtype)."""
+def load_for_generation(serving: StudentServing):
+    """(model in eval mode on serving.device, tokenizer set up for batched generation) for a
+    lamini.evaluate.inference.Serving (student spec, family, device, dtype)."""
     model = load_student(serving.student, serving.family, serving.dtype).to(serving.device).eval()
     return model, prepare_tokenizer(load_tokenizer(serving.student), decoder=serving.family == "decoder")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lamini.config import GenerationParams, PipelineConfig, RayInitConfig, TeacherConfig
 from lamini.runs.rundir import RunDir
 from lamini.runs.shards import SHARDS, FinalCounts, finalize, scan_shards
 
@@ -46,11 +46,11 @@ def answer_table(
     table: pa.Table,
     run: RunDir,
     *,
-    teacher: Any,
-    generation: Any,
+    teacher: TeacherConfig,
+    generation: GenerationParams,
     system_prompt: str | None,
-    pipeline: Any,
-    ray_cfg: Any,
+    pipeline: PipelineConfig,
+    ray_cfg: RayInitConfig,
     retry_errors: bool = True,
 ) -> TeacherRun:
     """Send every row of `table` with no result in `run` yet through the teacher, then finalize."""
@@ -71,8 +71,8 @@ def answer_table(
         init_ray(ray_cfg)
         t0 = time.time()  # rows/s of the pipeline itself, not of starting Ray
         # from_blocks keeps our blocks as they are (one block = one shard = the unit of resume)
-        # and builds their metadata on the driver; from_arrow runs a remote task per block,
-        # measured at 0.6-1.5 s of start-up on 2 cores. It is a DeveloperAPI, hence the fallback.
+        # and builds their metadata on the driver, where from_arrow runs a remote task per block
+        # before the first request. It is a DeveloperAPI, hence the fallback.
         make = getattr(ray.data, "from_blocks", ray.data.from_arrow)
         ds = make(_blocks(pending, pipeline.rows_per_block))
         ds = engine_stage(teacher)(ds, teacher, generation, system_prompt, pipeline)

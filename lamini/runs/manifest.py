@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 import lamini
+from lamini.config import StrictModel, TeacherConfig
+from lamini.runs.rundir import RunDir
 
 # Keys whose values are dropped wherever they appear in a config dump.
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)$", re.I)
@@ -52,7 +54,8 @@ def secret_env_names(obj: Any) -> list[str]:
     return []
 
 
-def estimate_cost(teacher_cfg: Any, prompt_tokens: int, completion_tokens: int) -> float | None:
+def estimate_cost(teacher_cfg: TeacherConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD for the tokens at the teacher's prices (HTTP teachers only); None when it has none."""
     p_in = getattr(teacher_cfg, "price_per_1m_prompt_tokens", None)
     p_out = getattr(teacher_cfg, "price_per_1m_completion_tokens", None)
     if p_in is None and p_out is None:
@@ -77,8 +80,8 @@ def dumps(manifest: dict[str, Any]) -> str:
     return scrub(json.dumps(redact(manifest), indent=2, sort_keys=False, default=str), secret_env_names(manifest))
 
 
-def write(run: Any, stage: str, cfg: Any, **fields: Any) -> None:
-    """Write `manifest.json` of a stage's run folder (a RunDir): {stage, config, **fields, environment}.
+def write(run: RunDir, stage: str, cfg: StrictModel, **fields: Any) -> None:
+    """Write `manifest.json` of a stage's run folder: {stage, config, **fields, environment}.
 
     Every stage writes through here, so none can forget the redaction or the environment.
     """

@@ -6,10 +6,12 @@ import logging
 import os
 from typing import Any
 
+from lamini.config import RayInitConfig
+
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: Any, dashboard: bool = False) -> None:
+def init_ray(cfg: RayInitConfig, dashboard: bool = False) -> None:
     """Attach to cfg.address or $RAY_ADDRESS (set by `ray job submit`); else start a local Ray.
 
     Idempotent: a driver that already called ray.init (a test, a notebook) keeps its Ray.

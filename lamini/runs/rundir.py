@@ -46,15 +46,18 @@ class RunDir:
         self.fs.create_dir(p, recursive=True)
         return p
 
-    def write_text(self, rel: str, text: str) -> None:
-        # Write to a temporary name then move, so a kill never leaves a half-written manifest.
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        # Write to a temporary name then move, so a kill never leaves a half-written file.
         tmp = self.path(rel + ".tmp")
         with self.fs.open_output_stream(tmp) as f:
-            f.write(text.encode("utf-8"))
+            f.write(data)
         self.fs.move(tmp, self.path(rel))
 
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
     def write_table(self, rel: str, table) -> None:
-        """Write a Parquet file atomically (temp name, then move), like write_text."""
+        """Write a Parquet file atomically (temp name, then move), like write_bytes."""
         import pyarrow.parquet as pq
 
         tmp = self.path(rel + ".tmp")

@@ -1,6 +1,6 @@
 """Result shards of a run: what is done (for resume) and the final exactly-once dataset.
 
-Why our own resume instead of Ray Data's `CheckpointConfig` (beta): measured on Ray 2.60 it
+Why our own resume instead of Ray Data's `CheckpointConfig` (beta): on Ray 2.60 it
 needs a plan that starts with a Read and ends with a Write, needs a repartition before it
 writes anything, and deadlocked on a 2-CPU Ray because its filter actor reserves a whole CPU.
 Our plan starts from rows read by our own corpus readers (they report file and line for bad
@@ -18,17 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lamini.corpus.schema import LAMINI_FROM_CORPUS, RESPONSE
+from lamini.engines.base import RESULT_SCHEMA
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 SHARDS = "shards"
 
-# The LaMini-instruction schema first, then provenance.
+# (output column, shard column): the LaMini-instruction schema first, then provenance.
 RESPONSE_COLUMNS = [
-    ("instruction", "prompt"),
-    ("response", "response"),
-    ("instruction_source", "source"),
+    *LAMINI_FROM_CORPUS.items(),
     ("id", "id"),
     ("subset", "subset"),
     ("source_instruction", "instruction"),
@@ -43,8 +43,7 @@ RESPONSE_COLUMNS = [
     ("origin", "origin"),
 ]
 ERROR_COLUMNS = [
-    ("instruction", "prompt"),
-    ("instruction_source", "source"),
+    *((out, src) for out, src in LAMINI_FROM_CORPUS.items() if out != RESPONSE),
     ("id", "id"),
     ("subset", "subset"),
     ("error_kind", "error_kind"),
@@ -136,12 +135,13 @@ def _project(t: pa.Table, mapping: list[tuple[str, str]]) -> pa.Table:
     return pa.table(dict(zip(names, cols)))
 
 
-_NUMERIC = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "attempts": pa.int64(), "latency_s": pa.float64()}
+# The engines' result columns keep their types; every other output column is a string.
+_TYPES = {f.name: f.type for f in RESULT_SCHEMA}
 
 
 def _empty(mapping: list[tuple[str, str]]) -> pa.Table:
     """The output columns of `mapping` with no rows (when no shard exists to take types from)."""
-    return pa.schema([(out, _NUMERIC.get(out, pa.string())) for out, _ in mapping]).empty_table()
+    return pa.schema([(out, _TYPES.get(src, pa.string())) for out, src in mapping]).empty_table()
 
 
 @dataclass

@@ -24,12 +24,10 @@ Faults, by marker in the user message: "[fault:KIND]" fails every attempt of tha
 `fault_rate` over `fault_kinds` (seeded). KIND is one of FAULT_KINDS or any 3-digit HTTP
 status (e.g. 400, 401). Deterministic markers win over random faults.
 
-Cost, measured (server process CPU from `cpu_s` in stats(), 3,000 keep-alive requests at
-0 latency, 64 in flight, Python 3.11, no uvloop): 0.07 ms/request driven by the aiohttp
-teacher path; 0.13 ms/request driven by the openai SDK (httpx sends head and body in two
-packets: two reads per request). Far below the client's own cost, so at >1,000 requests/s
-on 2 cores the client keeps the CPU. That is why this is a raw asyncio.Protocol with a
-hand-written HTTP/1.1 parser (keep-alive, Content-Length bodies) and no framework.
+Why a raw asyncio.Protocol with a hand-written HTTP/1.1 parser (keep-alive, Content-Length
+bodies) and no framework: the server shares the cores with the client it serves, so it must
+cost far less per request than the client (its CPU per request is `cpu_s` in stats(); see
+benchmarks/README.md), or a benchmark at thousands of requests/s would time the server.
 
 Run by hand: python -m lamini.testing.fake_openai --port 8000 --latency-s 0.2
 """

@@ -17,7 +17,7 @@ severe_toxic, ..., identity_hate) so that detoxify's own renaming to toxicity,
 severe_toxicity, obscene, threat, insult, identity_attack runs as it does on a real model.
 
 How the scores are made meaningful: the weights are set by hand, not trained (training a
-model this small to notice one token took minutes on 2 shared cores and still failed).
+model this small to notice one token was slow and still failed).
 Three made-up words are whole tokens of the tokenizer:
 
     TOXIC_TRIGGER  "zorbtoxic"  -> toxicity ~0.997   (MILD_TRIGGER_SCORE for the mild one)
@@ -69,7 +69,15 @@ _LOGIT_BIAS, _LOGIT_GAIN = -6.0, 12.5
 def _train_wordpiece(texts: list[str]):
     """A lowercasing BERT-style WordPiece tokenizer trained on `texts`, with the triggers
     as whole tokens -> PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))

@@ -8,7 +8,7 @@ paragraph). The tokenizer, the seeded init and the atomic, fingerprinted folder 
 lamini.models.scratch (the T5 is a ScratchSpec student). Both folders load with the ordinary `Auto*.from_pretrained(dir)` calls, and
 the tokenizer has pad/eos/bos tokens and a ChatML chat template, so every code path that
 serves or trains a hub model runs on them unchanged. Weights are seeded, hence identical
-across builds; a folder already built for the same texts is reused, not rebuilt. A build takes ~1-2 s.
+across builds; a folder already built for the same texts is reused, not rebuilt.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamini.models.templates import alpaca_prompt
+from lamini.train.config import TrainDataConfig
 
 IGNORE_INDEX = -100  # labels the loss skips (prompt tokens and padding), as torch's cross-entropy expects
 
@@ -216,7 +217,7 @@ def batch_tokens(batch: dict[str, Any], encoder_decoder: bool = False) -> int:
 class ExampleEncoder:
     """Rows -> Examples for one family, with the data config's lengths and truncation side."""
 
-    def __init__(self, tokenizer, family: str, data_cfg: Any):
+    def __init__(self, tokenizer, family: str, data_cfg: TrainDataConfig):
         self.tokenizer = tokenizer
         self.family = family
         self.cfg = data_cfg

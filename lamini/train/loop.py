@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
+from lamini.runs.rundir import RunDir
+from lamini.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 # Fault injection for tests and drills: the worker of this rank exits hard at this step, once
@@ -39,7 +42,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _rows(shard, cfg, epoch: int) -> Iterator[tuple[str, str]]:
+def _rows(shard, cfg: TrainConfig, epoch: int) -> Iterator[tuple[str, str]]:
     kw: dict[str, Any] = {"batch_size": 256, "batch_format": "pyarrow"}
     if cfg.data.shuffle_buffer_rows:
         kw.update(local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows, local_shuffle_seed=cfg.seed + epoch)
@@ -97,8 +100,6 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     import torch
 
     from lamini.models.loading import count_params, load_student, load_tokenizer
-    from lamini.runs.rundir import RunDir
-    from lamini.train.config import TrainConfig
     from lamini.train.data import (
         ExampleEncoder,
         batch_token_split,
@@ -244,7 +245,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
 
 def training_summary(
-    cfg, family: str, state: TrainState, steps: int, total_steps: int, lr: float, precision: str
+    cfg: TrainConfig, family: str, state: TrainState, steps: int, total_steps: int, lr: float, precision: str
 ) -> dict[str, Any]:
     """The training settings and outcome the model card states (every value a builtin)."""
     d = cfg.data
@@ -273,7 +274,10 @@ def training_summary(
     }
 
 
-def _export(cfg, strategy, engine, tokenizer, precision: str, run, family: str, training: dict[str, Any]) -> None:
+def _export(
+    cfg: TrainConfig, strategy, engine, tokenizer, precision: str, run: RunDir | None, family: str,
+    training: dict[str, Any],
+) -> None:
     """Consolidate (ZeRO-3: gather shards; collective) and write a Hugging Face folder to run/model,
     with its model card (README.md).
 
@@ -307,7 +311,7 @@ def _export(cfg, strategy, engine, tokenizer, precision: str, run, family: str, 
     print(f"lamini train: exported the {dtype} model to {run.uri_of('model')}", flush=True)
 
 
-def epoch_sequences(kept_examples: int, example_tokens: int, cfg: Any, family: str) -> int:
+def epoch_sequences(kept_examples: int, example_tokens: int, cfg: TrainConfig, family: str) -> int:
     """Training sequences one epoch gives, over all workers, from the examples its rows encode to.
 
     Without packing each kept example is a sequence (rows whose truncation left nothing to learn
@@ -323,7 +327,7 @@ def epoch_sequences(kept_examples: int, example_tokens: int, cfg: Any, family: s
     return workers * math.ceil(example_tokens / workers / cfg.data.max_length)
 
 
-def plan_steps(n_sequences: int, cfg: Any) -> tuple[int, float]:
+def plan_steps(n_sequences: int, cfg: TrainConfig) -> tuple[int, float]:
     """(total optimiser steps, epochs to iterate) for the sequences an epoch gives and the config.
 
     n_sequences counts what the workers train on (epoch_sequences: packed sequences with packing,

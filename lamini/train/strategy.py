@@ -12,6 +12,8 @@ import copy
 import logging
 from typing import Any
 
+from lamini.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def deepspeed_config(cfg: Any, *, lr: float, total_steps: int, use_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainConfig, *, lr: float, total_steps: int, use_gpu: bool) -> dict[str, Any]:
     """The DeepSpeed config dict for a TrainConfig (`cfg.deepspeed.config` merged over it last)."""
     ds = cfg.deepspeed
     precision = resolve_precision(cfg.precision, use_gpu)

@@ -19,6 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lamini.runs.rundir import RunDir
+from lamini.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +56,7 @@ def _with_response(table):
     return table.filter(pc.not_equal(table["response"], ""))
 
 
-def build_dataset(cfg: Any):
+def build_dataset(cfg: TrainConfig):
     """Ray Dataset with columns (instruction, response) from the configured corpora.
 
     LaMini-format Parquet streams with ray.data.read_parquet (never whole on the driver); other
@@ -64,17 +67,18 @@ def build_dataset(cfg: Any):
     import ray.data
 
     from lamini.corpus import RejectLog, read_corpora
+    from lamini.corpus.schema import INSTRUCTION, LAMINI_FROM_CORPUS, RESPONSE
 
     parts = []
     others = [s for s in cfg.data.corpora if s.format != "lamini"]
     for spec in cfg.data.corpora:
         if spec.format == "lamini":
-            ds = ray.data.read_parquet(spec.path).select_columns(["instruction", "response"])  # pushed into the read
+            ds = ray.data.read_parquet(spec.path).select_columns([INSTRUCTION, RESPONSE])  # pushed into the read
             ds = ds.map_batches(_with_response, batch_format="pyarrow")  # fused into the read tasks
             parts.append(ds.limit(spec.limit) if spec.limit else ds)
     if others:
         table = read_corpora(others, on_error="raise", rejects=RejectLog())
-        table = pa.table({"instruction": table["prompt"], "response": table["response"]})
+        table = pa.table({c: table[LAMINI_FROM_CORPUS[c]] for c in (INSTRUCTION, RESPONSE)})
         parts.append(ray.data.from_arrow(_with_response(table)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     if cfg.data.limit:
@@ -92,7 +96,6 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
     import numpy as np
 
     from lamini.models.loading import load_tokenizer
-    from lamini.train.config import TrainConfig
     from lamini.train.data import ExampleEncoder
 
     key = (config_json, family)
@@ -104,7 +107,7 @@ def _measure_batch(batch, config_json: str, family: str) -> dict[str, Any]:
     return {k: np.array([v], dtype=np.int64) for k, v in (("rows", batch.num_rows), ("kept", kept), ("tokens", tokens))}
 
 
-def count_sequences(dataset, cfg: Any, family: str) -> tuple[int, int]:
+def count_sequences(dataset, cfg: TrainConfig, family: str) -> tuple[int, int]:
     """(rows, training sequences one epoch gives the workers) (lamini.train.loop.epoch_sequences).
 
     Encodes every row once, as the workers will, in parallel Ray Data tasks, and sums the examples
@@ -129,10 +132,10 @@ def count_sequences(dataset, cfg: Any, family: str) -> tuple[int, int]:
     return rows, epoch_sequences(kept, tokens, cfg, family)
 
 
-def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
+def _warn_if_no_cpu_left_for_reading(cfg: TrainConfig) -> None:
     """LaMini Parquet streams through Ray Data read tasks while the workers train: if the workers
-    take every CPU of the cluster, those tasks never start and training waits forever (measured
-    on a 2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
+    take every CPU of the cluster, those tasks never start and training waits forever (seen on a
+    2-CPU Ray with one 2-CPU worker). Said up front; not an error, an autoscaling cluster
     may still add a node."""
     import ray
 
@@ -148,7 +151,7 @@ def _warn_if_no_cpu_left_for_reading(cfg: Any) -> None:
         print(msg, flush=True)
 
 
-def checkpoint_config(cfg: Any, score: tuple[str, str] | None = None):
+def checkpoint_config(cfg: TrainConfig, score: tuple[str, str] | None = None):
     """Ray Train's CheckpointConfig: the newest keep_checkpoints, or the best by a reported metric.
 
     score = (metric, "min" or "max"), for a tune trial: its best checkpoint is the one worth
@@ -165,7 +168,7 @@ def checkpoint_config(cfg: Any, score: tuple[str, str] | None = None):
 
 
 def build_trainer(
-    cfg: Any,
+    cfg: TrainConfig,
     dataset,
     run_root_name: str | None = None,
     callbacks: list | None = None,
@@ -179,7 +182,6 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     from lamini.models.loading import resolve_family
-    from lamini.runs.rundir import RunDir
     from lamini.train.config import DEFAULT_LR
     from lamini.train.loop import (
         fault_injection_from_env,
@@ -238,7 +240,6 @@ def build_trainer(
 
 def read_history(run_root) -> list[dict[str, Any]]:
     """The metrics.jsonl entries of a training run (run_dir/name: a path or URI), oldest first."""
-    from lamini.runs.rundir import RunDir
 
     rd = RunDir(str(run_root))
     if not rd.exists("metrics.jsonl"):
@@ -246,17 +247,14 @@ def read_history(run_root) -> list[dict[str, Any]]:
     return [json.loads(line) for line in rd.read_text("metrics.jsonl").splitlines() if line.strip()]
 
 
-def plot_history(history: list[dict[str, Any]], rd) -> str | None:
+def plot_history(history: list[dict[str, Any]], rd: RunDir) -> str | None:
     """report/loss.png in the run directory `rd`: loss and learning rate against the step."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lamini.reporting import new_figure, save_figure
 
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(width=7, height=4, dpi=110)
     ax.plot(steps, [h["loss"] for h in history], marker="o", ms=3, label="loss")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss")
@@ -269,21 +267,13 @@ def plot_history(history: list[dict[str, Any]], rd) -> str | None:
     ax.set_title("training loss (dotted: checkpoints)")
     fig.tight_layout()
     rd.makedirs("report")
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with rd.fs.open_output_stream(rd.path("report", "loss.png")) as f:
-        f.write(buf.getvalue())
-    return rd.uri_of("report", "loss.png")
+    return save_figure(rd, "report/loss.png", fig)
 
 
-def run_train(cfg: Any) -> TrainSummary:
+def run_train(cfg: TrainConfig) -> TrainSummary:
     """Fit one student; re-running the same config resumes from its newest checkpoint."""
     from lamini.runs import manifest as mf
     from lamini.runs.ray_env import init_ray
-    from lamini.runs.rundir import RunDir
 
     t0 = time.perf_counter()
     init_ray(cfg.ray)

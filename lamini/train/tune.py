@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lamini.train.config import TrainConfig, TuneConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +77,6 @@ def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lamini.train.config import TrainConfig
     from lamini.train.trainer import build_dataset, build_trainer
 
     cfg = TrainConfig.model_validate(apply_params(config["train"], config["params"]))
@@ -87,7 +88,7 @@ def _trial(config: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def search_space(cfg: Any) -> dict[str, Any]:
+def search_space(cfg: TuneConfig) -> dict[str, Any]:
     from ray import tune
 
     s = cfg.search
@@ -101,7 +102,7 @@ def search_space(cfg: Any) -> dict[str, Any]:
     return space
 
 
-def run_tune(cfg: Any) -> TuneSummary:
+def run_tune(cfg: TuneConfig) -> TuneSummary:
     import pyarrow.fs as pafs
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler

@@ -17,6 +17,8 @@ from functools import partial
 from itertools import cycle, islice
 from typing import Any
 
+from lamini.evaluate.inference import Serving
+
 
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of `values` with linear interpolation (numpy's default)."""
@@ -60,12 +62,12 @@ class _RssPeak:
 class StudentBench:
     """One (student, engine) as a Ray actor: loads the model once, then `measure(batch_size)` per point.
 
-    serving: a lamini.evaluate.inference.Serving whose `engine` is the engine measured;
+    serving: how the student is served; its `engine` is the engine measured;
     prompts: the finished request texts (wrapped), n_prompts of them; max_tokens: written per
     request (EOS ignored); warmup_batches: untimed batches before each point.
     """
 
-    def __init__(self, serving: Any, prompts: list[str], max_tokens: int, warmup_batches: int):
+    def __init__(self, serving: Serving, prompts: list[str], max_tokens: int, warmup_batches: int):
         import torch
 
         self.serving, self.prompts, self.warmup_batches = serving, prompts, warmup_batches

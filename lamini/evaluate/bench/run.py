@@ -26,7 +26,6 @@ this module is imported.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ from itertools import cycle, islice
 from typing import Any
 
 from lamini.evaluate.bench.actor import StudentBench
+from lamini.evaluate.config import BenchStudentsConfig
+from lamini.evaluate.inference import Serving
+from lamini.reporting import new_figure, save_figure
 from lamini.runs.rundir import RunDir
 
 JSON_NAME = "bench_students.json"
@@ -118,7 +120,7 @@ def point_line(p: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ the driver
 
 
-def _serving_for(base: Any, engine: str, gpus: float, have_vllm: bool) -> tuple[Any | None, str]:
+def _serving_for(base: Serving, engine: str, gpus: float, have_vllm: bool) -> tuple[Serving | None, str]:
     """(Serving for `engine`, why) from the student's HF plan; (None, reason) when it cannot run here."""
     from lamini.evaluate.inference import choose_engine
 
@@ -132,7 +134,9 @@ def _serving_for(base: Any, engine: str, gpus: float, have_vllm: bool) -> tuple[
     return dataclasses.replace(base, engine="vllm", engine_reason="measured: engine vllm"), ""
 
 
-def _bench_pair(serving: Any, prompts: list[str], cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _bench_pair(
+    serving: Serving, prompts: list[str], cfg: BenchStudentsConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one (student, engine) actor through every batch size -> (run record, points)."""
     import ray
 
@@ -171,8 +175,8 @@ def _bench_pair(serving: Any, prompts: list[str], cfg: Any) -> tuple[dict[str, A
         ray.kill(actor)
 
 
-def run_bench_students(cfg: Any) -> BenchSummary:
-    """cfg: a BenchStudentsConfig -> BenchSummary; writes bench_students.json and .png in cfg.run_dir."""
+def run_bench_students(cfg: BenchStudentsConfig) -> BenchSummary:
+    """Every student on every engine and batch size -> BenchSummary; writes bench_students.json and .png in cfg.run_dir."""
     from lamini.evaluate.inference import cluster_facts, plan_serving
     from lamini.models.templates import wrap
     from lamini.runs.manifest import environment
@@ -245,12 +249,7 @@ def plot_bench(points: list[dict[str, Any]], rd: RunDir, max_tokens: int) -> str
     ok = [p for p in points if p["status"] == "ok"]
     if not ok:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_l) = new_figure(width=11, height=4.2, ncols=2, dpi=110)
     for key in dict.fromkeys((p["student"], p["engine"]) for p in ok):
         line = sorted((p for p in ok if (p["student"], p["engine"]) == key), key=lambda p: p["batch_size"])
         x = [p["batch_size"] for p in line]
@@ -265,12 +264,7 @@ def plot_bench(points: list[dict[str, Any]], rd: RunDir, max_tokens: int) -> str
     ax_l.set_title("latency (a request waits for its batch)")
     ax_t.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with rd.fs.open_output_stream(rd.path(PLOT_NAME)) as f:
-        f.write(buf.getvalue())
-    return rd.uri_of(PLOT_NAME)
+    return save_figure(rd, PLOT_NAME, fig)
 
 
 __all__ = ["BenchSummary", "load_prompts", "plot_bench", "run_bench_students"]

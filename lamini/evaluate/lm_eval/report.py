@@ -5,12 +5,11 @@ metric lm-eval reported, the number of examples, the wrapper flag, the backend, 
 model_type and parameter count; or `status: failed` with the reason. The metric reported for a task
 is chosen here, not in the worker, so changing `EvalConfig.metrics` re-reports without re-running.
 
-Pure functions of the records except `write_figure4` (matplotlib, Agg backend, imported lazily).
+Pure functions of the records; `figure4` draws with matplotlib (imported lazily).
 """
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
@@ -173,16 +172,15 @@ def _avg_cell(m: dict[str, Any], key: str, n_tasks: int) -> str:
     return cell if m[key] is None or m["tasks_scored"] == n_tasks else f"{cell} ({m['tasks_scored']}/{n_tasks})"
 
 
-def figure4_png(summary: dict[str, Any]) -> bytes:
+def figure4(summary: dict[str, Any]):
     """Figure 4: average score (%) vs parameters (log x), encoder-decoder and decoder-only as two series,
-    each point labelled with its model -> PNG bytes. Models without an average or a parameter count are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    each point labelled with its model -> a matplotlib Figure (save it with lamini.reporting.save_figure).
+    Models without an average or a parameter count are left out."""
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    from lamini.reporting import new_figure
+
+    fig, ax = new_figure(width=7, height=4.5)
     series = (("encoder-decoder", "Encoder-decoder", "o"), ("decoder", "Decoder-only", "s"))
     for family, label, marker in series:
         pts = sorted(
@@ -203,8 +201,5 @@ def figure4_png(summary: dict[str, Any]) -> bytes:
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig

@@ -45,9 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamini.evaluate.lm_eval.report import figure4_png, markdown_tables, summarize
+from lamini.evaluate.config import EvalConfig, StudentSpec
+from lamini.evaluate.lm_eval.report import figure4, markdown_tables, summarize
 from lamini.evaluate.lm_eval.tasks import eval_tasks, metric_for, metric_key
 from lamini.evaluate.lm_eval.wrap import resolve_wrapper, wrapped_hflm_class
+from lamini.reporting import save_figure
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ class EvalSummary:
 # One (model, task) pair, inside a Ray worker
 # --------------------------------------------------------------------------------------
 
-# TaskManager indexes ~15K task YAMLs (6-9 s): once per worker process, which Ray reuses across CPU tasks.
+# TaskManager indexes every task YAML lm-eval ships (seconds of work): once per worker process, which
+# Ray reuses across CPU tasks.
 _TASK_MANAGERS: dict[str | None, Any] = {}
 
 
@@ -144,7 +147,7 @@ def _ray_shutdown_disabled():
         ray.shutdown = real
 
 
-def _evaluate(student: Any, task: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(student: StudentSpec, task: str, settings: dict[str, Any]) -> dict[str, Any]:
     import torch
     from lm_eval import simple_evaluate
 
@@ -201,8 +204,8 @@ def _evaluate(student: Any, task: str, settings: dict[str, Any]) -> dict[str, An
     }
 
 
-def evaluate_pair(student: Any, task: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Body of the Ray task: one StudentSpec on one lm-eval task -> a result record (never raises).
+def evaluate_pair(student: StudentSpec, task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Body of the Ray task: one student on one lm-eval task -> a result record (never raises).
 
     settings: include_path (candidates), limit, bootstrap_iters, batch_size, fingerprint.
     The record is `status: ok` with every metric lm-eval reported, `n` (examples scored), wrapper,
@@ -226,7 +229,7 @@ def evaluate_pair(student: Any, task: str, settings: dict[str, Any]) -> dict[str
 # --------------------------------------------------------------------------------------
 
 
-def fingerprint(student: Any, cfg: Any) -> dict[str, Any]:
+def fingerprint(student: StudentSpec, cfg: EvalConfig) -> dict[str, Any]:
     """What a stored result must match to be reused: the student's model and wrapper, and the limit."""
     from lamini.evaluate.inference import (
         student_model_fields,  # the probes key their outputs on it too
@@ -235,7 +238,7 @@ def fingerprint(student: Any, cfg: Any) -> dict[str, Any]:
     return {**student_model_fields(student), "limit": cfg.limit}
 
 
-def task_gpus(student: Any, cfg: Any, cluster_gpus: float) -> float:
+def task_gpus(student: StudentSpec, cfg: EvalConfig, cluster_gpus: float) -> float:
     """GPUs for one (model, task) Ray task: none on a CPU cluster; else the configured number, else
     sized by the student's parameter count (a whole GPU when it is unknown)."""
     if not cluster_gpus:
@@ -276,7 +279,7 @@ def _progress(i: int, total: int, rec: dict[str, Any], metrics: dict[str, str]) 
     return f"{head}: {metric} {score} (n={rec['n']}, wrapper {rec['wrapper']}, {rec['seconds']:.0f} s)"
 
 
-def _run_pairs(cfg: Any, todo: list[tuple[Any, str, dict]], run: RunDir) -> list[dict[str, Any]]:
+def _run_pairs(cfg: EvalConfig, todo: list[tuple[StudentSpec, str, dict]], run: RunDir) -> list[dict[str, Any]]:
     """Submit every pair as its own Ray task; save and print each as it finishes -> the records."""
     import ray
 
@@ -294,7 +297,7 @@ def _run_pairs(cfg: Any, todo: list[tuple[Any, str, dict]], run: RunDir) -> list
         "batch_size": cfg.batch_size,
     }
     remote = ray.remote(evaluate_pair)
-    pending: dict[Any, tuple[Any, str, dict]] = {}
+    pending: dict[Any, tuple[StudentSpec, str, dict]] = {}
     for student, task, fp in todo:
         ref = remote.options(
             num_cpus=cfg.num_cpus_per_task,
@@ -319,8 +322,8 @@ def _run_pairs(cfg: Any, todo: list[tuple[Any, str, dict]], run: RunDir) -> list
     return records
 
 
-def run_eval(cfg: Any) -> EvalSummary:
-    """EvalConfig -> EvalSummary; writes results, results.json, tables.md, figure4.png, manifest.json.
+def run_eval(cfg: EvalConfig) -> EvalSummary:
+    """Every student on every task -> EvalSummary; writes results, results.json, tables.md, figure4.png, manifest.json.
 
     Pairs already done by an earlier run (same student and limit) are reused, not recomputed. A pair
     that fails is recorded with its reason and counted in `missing`; the others still run.
@@ -333,7 +336,7 @@ def run_eval(cfg: Any) -> EvalSummary:
     run = RunDir(cfg.run_dir)
     tasks = eval_tasks(cfg)
     records: list[dict[str, Any]] = []
-    todo: list[tuple[Any, str, dict]] = []
+    todo: list[tuple[StudentSpec, str, dict]] = []
     for student in cfg.students:
         fp = fingerprint(student, cfg)
         for task in tasks:
@@ -351,10 +354,7 @@ def run_eval(cfg: Any) -> EvalSummary:
         doc["models"][s.name]["group"] = s.group
     run.write_text("results.json", json.dumps(doc, indent=2))
     run.write_text("tables.md", markdown_tables(doc))
-    png = figure4_png(doc)
-    with run.fs.open_output_stream(run.path("figure4.png.tmp")) as f:
-        f.write(png)
-    run.fs.move(run.path("figure4.png.tmp"), run.path("figure4.png"))
+    save_figure(run, "figure4.png", figure4(doc))
 
     averages = [(m["average"], name) for name, m in doc["models"].items() if m["average"] is not None]
     best = max(averages) if averages else None

@@ -12,7 +12,8 @@ the installed harness, and a test does too).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from lamini.evaluate.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ _BY_NAME: dict[str, PaperTask] = {t.name: t for t in PAPER_TASKS}
 DEFAULT_METRIC = "acc"
 
 
-def eval_tasks(cfg: Any) -> list[str]:
-    """EvalConfig -> the task names to run: cfg.tasks in its order (duplicates dropped), or the paper's 15."""
+def eval_tasks(cfg: EvalConfig) -> list[str]:
+    """The task names to run: cfg.tasks in its order (duplicates dropped), or the paper's 15."""
     return list(dict.fromkeys(cfg.tasks)) if cfg.tasks else list(PAPER_TASK_NAMES)
 
 

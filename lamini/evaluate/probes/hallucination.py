@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.config import RayInitConfig
 from lamini.evaluate.config import HallucinationConfig, JudgeConfig
 from lamini.evaluate.probes import judging
 from lamini.evaluate.probes.judging import (
@@ -111,7 +112,7 @@ def verdict_parts(judge: JudgeConfig, answers: pa.Table) -> dict[str, Any]:
     return {"answers": table_digest(answers.select(JUDGED_COLUMNS)), "judge": judge_settings(judge, load_rubric(judge.rubric))}
 
 
-def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: Any) -> pa.Table:
+def run_judge(judge: JudgeConfig, answers: pa.Table, run: RunDir, ray_cfg: RayInitConfig) -> pa.Table:
     """Every answer (student, id, instruction, category, response, error) -> VERDICT_SCHEMA rows,
     in order. The requests go through lamini.evaluate.probes.judging.ask_judge (resumable, stored under
     run/judges/<judge>/)."""

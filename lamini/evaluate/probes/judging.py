@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.config import RayInitConfig
+from lamini.evaluate.config import JudgeConfig
 from lamini.runs.rundir import RunDir
 
 # Teacher fields that change how fast or how persistently a judge's requests go (and what they
@@ -27,7 +29,7 @@ TRANSPORT_FIELDS = frozenset({
 })  # fmt: skip
 
 
-def judge_settings(judge: Any, rubric: str) -> dict[str, Any]:
+def judge_settings(judge: JudgeConfig, rubric: str) -> dict[str, Any]:
     """What a judge's replies depend on, besides what it is shown: its engine and model (teacher
     fields but TRANSPORT_FIELDS), its sampling and the rubric text. Not its name, which only says
     where its files go. Its digest goes into the judge's request ids (settings_tag) and into the
@@ -46,7 +48,7 @@ def settings_tag(settings: dict[str, Any]) -> str:
     return digest(settings)[:12]
 
 
-def judge_name(judge: Any) -> str:
+def judge_name(judge: JudgeConfig) -> str:
     """A judge's name in tables and files: its configured name, else `llm:<teacher model>`."""
     return judge.name or f"llm:{getattr(judge.teacher, 'model', None) or 'embedded-smollm2'}"
 
@@ -69,10 +71,12 @@ def request_id(*key: Any, prompt: str) -> str:
     return "/".join(str(k) for k in key) + "/" + hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
 
 
-def ask_judge(judge: Any, requests: list[dict[str, str]], run: RunDir, rel: str, ray_cfg: Any) -> dict[str, dict[str, Any]]:
+def ask_judge(
+    judge: JudgeConfig, requests: list[dict[str, str]], run: RunDir, rel: str, ray_cfg: RayInitConfig
+) -> dict[str, dict[str, Any]]:
     """requests [{id, prompt}] -> {id: {response, error, error_kind}}, one per request.
 
-    judge: a JudgeConfig (teacher, generation, pipeline); the shards and the finalized replies go
+    The judge's teacher, generation and pipeline send them; the shards and the finalized replies go
     under run/rel. Raises RuntimeError if a request got no result at all.
     """
     from lamini.runs.answer import answer_table

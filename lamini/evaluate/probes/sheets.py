@@ -32,6 +32,8 @@ import random
 from pathlib import Path
 from typing import Any, Iterator
 
+from lamini.runs.rundir import RunDir
+
 GRADES = ("A", "B", "C", "D")
 # Table 7 of the paper, word for word apart from the parenthesis of A.
 CRITERIA = {
@@ -97,7 +99,7 @@ def _csv_text(comments: list[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_sheets(run: Any, items: list[dict[str, Any]], seed: int, annotators: int) -> dict[str, Any]:
+def write_sheets(run: RunDir, items: list[dict[str, Any]], seed: int, annotators: int) -> dict[str, Any]:
     """Write sheet_<k>.csv / .html and key.json under run/sheets (see the module doc).
 
     Returns {"csv": [uri...], "html": [uri...], "key": uri, "rows": n}. Sheets left without an

@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lamini.config import RayInitConfig
 from lamini.evaluate.config import UserJudgeConfig, UserOrientedConfig
 from lamini.evaluate.inference import ROW_INDEX
 from lamini.evaluate.probes import judging
@@ -166,7 +167,9 @@ def majority(votes: list[str]) -> str | None:
     return max(g for g, n in counts.items() if n == top)  # "D" > "A": the worst of the tied
 
 
-def run_judge(judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunDir, ray_cfg: Any) -> pa.Table:
+def run_judge(
+    judge: UserJudgeConfig, responses: pa.Table, votes: int, run: RunDir, ray_cfg: RayInitConfig
+) -> pa.Table:
     """Every response (student, id, raw prompt in `instruction`, response, error) -> GRADE_SCHEMA
     rows in the same order. Each response is sent `votes` times through
     lamini.evaluate.probes.judging.ask_judge (resumable, stored under run/judges/<judge>/); failed or

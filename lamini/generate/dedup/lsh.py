@@ -19,20 +19,17 @@ the bands' own). The survivors of all bands, deduplicated, meet one more exact t
 multiset overlap bound (:func:`overlap_pass`), before the LCS. Only the token hashing loops
 in Python.
 
-Where the time goes (bench_dedup, 100k rows, one core: 5.3 s in all, from 11.8 s before these
-choices): 15.6M band collisions; the head of the sketch passes 3.1M, the whole sketch 1.3M
-(194k distinct pairs), the overlap bound 36k, of which 35k are above 0.7. Measured choices:
-no dedup across bands before the tests (checking each pair's earlier band keys cost 3.0 s to
-spare the sketch test 16% of the pairs); the sketch read in two stages (the first 64 bytes
-reject 80% of the collisions); the overlap bound in numpy (~1.5 us per pair) before the Python
-LCS (~5 us); a sketch miss of 1e-4 rather than 1e-6 (3.2x fewer distinct pairs after it).
+Each band collision meets the cheap tests first, so few pairs reach the costly ones: no dedup
+across bands before the tests (checking each pair's earlier band keys cost more than the sketch
+tests it spared); the sketch read in two stages (the first half of the bytes rejects most
+collisions); the overlap bound in numpy before the Python LCS, which costs several times more per
+pair; a sketch miss of 1e-4 rather than 1e-6 (far fewer distinct pairs get through). The pair
+counts at each step and the time of each choice are in benchmarks/README.md (bench_dedup).
 
-Why not datasketch in the hot path (measured on the 5,175 seed + Alpaca instructions, 53k
-shingles, one core; tests check the signatures equal): MinHash building took 0.19 s with
-``update`` per shingle and 0.10 s with ``update_batch`` per text, against 0.05 s here (one
-numpy block per 1,024 shingles of many texts, Mersenne reduction without division); and
-``MinHashLSH`` insert + query of all texts took 0.85 s and hands back 1.0M unfiltered
-(key, match) entries, against 0.16 s here for all 42 bands with their filters. Above all,
+Why not datasketch in the hot path (tests check the signatures equal): its MinHash hashes text
+by text in Python and ``MinHashLSH`` hands back every (key, match) entry unfiltered, where this
+module hashes numpy blocks of many texts (Mersenne reduction without division) and filters
+each band's pairs in numpy; both were several times slower (benchmarks/README.md). Above all,
 everything here is a numpy array: it ships to Ray tasks as one buffer, where datasketch keeps
 one Python object per text.
 """
@@ -49,14 +46,14 @@ import numpy as np
 MERSENNE = np.uint64((1 << 61) - 1)  # the (a*x + b) mod p family, as datasketch's legacy scheme
 MAX_HASH = np.uint64((1 << 32) - 1)
 SIG_CHUNK = 1_024  # shingles per vectorised block: (1024 x num_perm) uint64 temporaries of 1 MB stay
-# in cache; 16k-shingle blocks (16 MB) ran 2.3x slower
+# in cache, where much larger blocks fall out of it
 PAIR_CHUNK = 32_768  # pairs filtered at once: (chunk x num_perm) byte arrays of 4 MB stay in the
-# malloc heap; at 256k pairs every temporary was a fresh mmap and page faults doubled the time
-BUCKET_CAP = 64  # buckets above this are split by prefix-filter shingles (and reported); at 100k
-# bench texts 64 generated 34% fewer pairs than 256 and the LSH phase took 2.6 s instead of 3.0
+# malloc heap; much larger temporaries are fresh mmaps each, and their page faults cost more than the work
+BUCKET_CAP = 64  # buckets above this are split by prefix-filter shingles (and reported); 64 rather
+# than 256 gives fewer pairs and a faster LSH phase (bench_dedup)
 # Chance the signature-agreement test drops a pair at the Jaccard bound: 8x below the bands' own
-# miss there (8e-4 at 42 x 3), so recall at the bound stays 0.999. At 1e-6 the test let 3.2x
-# more distinct pairs through (660k vs 204k of bench_dedup's 100k rows).
+# miss there (8e-4 at 42 x 3), so recall at the bound stays 0.999. A smaller miss lets several
+# times more distinct pairs through to the overlap bound and the LCS.
 SKETCH_MISS = 1e-4
 
 
@@ -94,9 +91,9 @@ def min_sketch_matches(num_perm: int, jaccard: float, miss: float = SKETCH_MISS)
 
     Agreements of a pair at Jaccard J are Binomial(num_perm, J) (128 perms, J=0.538: mean
     69, fewer than 42 with probability < 1e-6). Band candidates with fewer agreements are
-    dropped before the exact ROUGE-L: of the LSH candidates among 20k Alpaca-like
-    instructions, 95% estimate J < 0.3 (mostly shared stop words), and this test costs
-    ~0.1 us per pair against ~2-4 us of LCS.
+    dropped before the exact ROUGE-L: most LSH candidates among Alpaca-like instructions share
+    little but stop words (estimated J far below the bound), and this test costs a small
+    fraction of an LCS per pair.
     """
     cdf = 0.0
     for k in range(num_perm + 1):
@@ -113,8 +110,8 @@ def sketch_thresholds(num_perm: int, jaccard: float, miss: float = SKETCH_MISS) 
     A sequential form of :func:`min_sketch_matches`, each stage allowed half the miss chance
     (union bound: a pair at ``jaccard`` is dropped with probability <= ``miss``). 128 perms at
     0.538 and a miss of 1e-4: >= 19 of the first 64, then >= 47 of 128. The head test reads half
-    the bytes and, on the bench's 100k rows, rejects 80% of the band collisions (their median
-    estimated Jaccard is 0.19).
+    the bytes and already rejects most band collisions (most estimate a Jaccard far below the
+    bound).
     """
     head = num_perm // 2
     return min_sketch_matches(head, jaccard, miss / 2), min_sketch_matches(num_perm, jaccard, miss / 2)
@@ -177,7 +174,7 @@ def signatures(flat: np.ndarray, lens: np.ndarray, perms: tuple[np.ndarray, np.n
             # uint64 products wrap mod 2^64 before the mod p, exactly like datasketch's legacy scheme.
             h = np.multiply(seg[:, None], a[None, :])
             h += b
-            # x mod (2^61 - 1) = (x & p) + (x >> 61), minus p once if still >= p: 3x faster than %.
+            # x mod (2^61 - 1) = (x & p) + (x >> 61), minus p once if still >= p: no division, unlike %.
             hi = h >> np.uint64(61)
             h &= MERSENNE
             h += hi
@@ -211,7 +208,7 @@ class ShingleSets:
     @classmethod
     def build(cls, flat: np.ndarray, lens: np.ndarray) -> "ShingleSets":
         """From :func:`shingle_arrays` output. One argsort of the ids and one sort of int64 keys
-        (the three lexsorts this replaced took 0.8 s at 100k bench texts, this 0.2 s)."""
+        (cheaper than the three lexsorts it replaced)."""
         n = len(lens)
         if not len(flat):
             return cls(np.zeros(0, np.int64), np.zeros(n + 1, np.int64), 1, np.zeros(0, np.int64))
@@ -266,8 +263,8 @@ def overlap_pass(pairs: np.ndarray, sets: ShingleSets, lengths: np.ndarray, thre
 
     LCS <= O, the multiset-token overlap (= |S_a & S_b| of multiset shingles), so
     F = 2 LCS / (m + n) > t needs 2 O > t (m + n). The LSH candidates the sketch lets through
-    mostly sit at Jaccard 0.3-0.5 (the bound needs 0.538): on the bench's 100k rows this
-    vectorised test (~1.5 us per pair) leaves ~1 in 5 for the Python LCS (~5 us per pair).
+    mostly sit below the Jaccard bound (0.538), so this vectorised test, a fraction of an LCS per
+    pair, leaves only a few of them for the Python LCS.
     Sound up to CRC-32 collisions inside one text (see :func:`shingles`), like the prefix filter.
     """
     if not len(pairs):
@@ -303,7 +300,7 @@ def sketch8(sig: np.ndarray) -> np.ndarray:
 
     The top byte of value * 2654435761 (Fibonacci hashing), not the low byte: the low bits
     of (a x + b) mod 2^64 depend only on the low bits of x, so low bytes of different
-    minima agree far more often than 1/256 (measured: 3-band false collisions ~500x too many).
+    minima agree far more often than 1/256, and false band collisions multiply.
     """
     return ((sig.astype(np.uint32) * np.uint32(2654435761)) >> np.uint32(24)).astype(np.uint8)
 
@@ -332,8 +329,7 @@ def _band_pair_chunks(
     members are neighbours.
 
     Buckets of at most ``bucket_cap`` texts give all their pairs. Bigger ones (a few very
-    common shingles: at 100k Alpaca-like texts, 43 buckets of 1,000+ texts held 57% of all
-    pairs) give only pairs that also share a prefix-filter shingle (:func:`prefix_index`),
+    common shingles, whose few buckets hold most of the pairs in Alpaca-like text) give only pairs that also share a prefix-filter shingle (:func:`prefix_index`),
     which loses no pair above the threshold: their cost follows the pairs that share a rarer
     shingle, not the square of the bucket. (A pair skipped here may come back from a smaller
     bucket of another band; its ROUGE-L is then checked, and can not exceed the threshold.)
@@ -363,7 +359,7 @@ def _band_pair_chunks(
     cnt = poff[members + 1] - poff[members]
     shingle = pflat[_ranges(poff[members], cnt)]
     group = np.repeat(bucket, cnt) * (int(pflat.max()) + 1 if len(pflat) else 1) + shingle
-    o = np.argsort(group)  # the default sort, not stable: 4x faster on int64 here
+    o = np.argsort(group)  # the default sort, not stable: faster on int64
     g, ent_pos = group[o], np.repeat(pos, cnt)[o]
     brk2 = np.flatnonzero(g[1:] != g[:-1]) + 1
     gs, ge = np.concatenate([[0], brk2]), np.concatenate([brk2, [len(g)]])
@@ -405,7 +401,7 @@ def _agreements(sketch: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Equal sketch bytes per pair of rows (false byte matches only add: the tests stay conservative).
 
     The 0/1 bytes of the comparison are added 8 at a time as uint64 words, then the word's
-    bytes folded by one multiply (~20% faster than a uint8 sum along the rows).
+    bytes folded by one multiply (faster than a uint8 sum along the rows).
     """
     eq = np.take(sketch, a, axis=0) == np.take(sketch, b, axis=0)
     width = eq.shape[1]
@@ -446,7 +442,7 @@ def band_candidates(
     """
     stats = {"generated": 0, "length_pass": 0, "head_pass": 0, "sketch_pass": 0}
     head_min, total_min = min_matches
-    # The default sort, not a stable one: 4.5x faster on 100k uint64 keys, and the order
+    # The default sort, not a stable one: several times faster on uint64 keys, and the order
     # inside a bucket changes nothing (pairs come out as (min, max) text ids).
     order = np.argsort(index.keys[band]).astype(np.int64)
     ks, lens_o = index.keys[band][order], lengths[order]
@@ -479,7 +475,7 @@ def band_candidates(
 def unique_sorted(keys: np.ndarray) -> np.ndarray:
     """Sorted distinct values of an int64 array by sort + neighbour compare.
 
-    numpy 2.4's hash-based ``np.unique`` took 38 s CPU on 20M random int64 here; this, 0.3 s.
+    numpy 2.4's hash-based ``np.unique`` is two orders of magnitude slower on large int64 arrays.
     """
     if not len(keys):
         return keys

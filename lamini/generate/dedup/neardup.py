@@ -22,9 +22,9 @@ candidate j < i. Alpaca computes every pair (O(N^2)); here:
    references first), the same rule as :func:`brute_force_filter`.
 
 With Ray (``use_ray``), steps 2, 3 and 4 run as Ray tasks (text shards, one task per band,
-pair shards) so a cluster spreads them; step 1, the overlap bound (numpy, ~0.3 s per 100k
-rows) and the greedy pass stay on the driver (a dict over the texts and a loop over the sparse
-graph: linear, ~1 s per 100k rows together).
+pair shards) so a cluster spreads them; step 1, the overlap bound (numpy) and the greedy pass
+stay on the driver (a dict over the texts and a loop over the sparse graph): each is linear in
+the rows and cheaper than shipping its inputs to tasks.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lamini.generate.config import FilterConfig
 from lamini.generate.dedup import lsh
 from lamini.generate.dedup.rouge import (
     f_from_lcs,
@@ -45,10 +46,10 @@ from lamini.generate.dedup.rouge import (
 )
 
 # Auto mode uses Ray above this many texts, when a Ray is initialised: below it the local
-# path (20k Alpaca-like texts: ~3 s on one core) beats shipping shards to tasks.
+# path beats shipping shards to tasks (bench_dedup in benchmarks/README.md).
 AUTO_RAY_MIN_TEXTS = 20_000
 SIG_SHARD = 20_000  # texts per signature task
-VERIFY_SHARD = 100_000  # candidate pairs per verification task (~0.3 s of LCS)
+VERIFY_SHARD = 100_000  # candidate pairs per verification task: enough LCS work to dwarf a task's overhead
 _NO_MATCH = (-1.0, 1 << 62)
 
 
@@ -326,11 +327,13 @@ def near_dup_filter(
     return res
 
 
-def near_dup_filter_table(table, column: str, reference_texts: Sequence[str], cfg) -> tuple[Any, Any, dict[str, Any]]:
+def near_dup_filter_table(
+    table, column: str, reference_texts: Sequence[str], cfg: FilterConfig
+) -> tuple[Any, Any, dict[str, Any]]:
     """Pipeline form: filter the rows of an Arrow ``table`` by the texts in ``column``.
 
-    reference_texts: seeds and already accepted instructions. cfg: a ``FilterConfig``
-    (near_dup_threshold, minhash_num_perm, lsh_threshold). Returns ``(kept, dropped, report)``:
+    reference_texts: seeds and already accepted instructions; cfg gives near_dup_threshold,
+    minhash_num_perm and lsh_threshold. Returns ``(kept, dropped, report)``:
     ``kept`` has the table's columns, in order; ``dropped`` adds ``drop_reason``
     ("near_duplicate"), ``near_dup_of`` (the matching text) and ``rouge_l`` (its F);
     ``report`` counts rows and pairs and carries the timings and index statistics.

@@ -9,12 +9,12 @@ seed or accepted instruction. This module reproduces that number bit for bit (sa
 tokenizer, same float expression for F) without depending on ``rouge_score`` (tests compare
 against it).
 
-Why not the DP table: ``rouge_score`` fills an (m+1) x (n+1) Python list table, ~124 us per
-pair of Alpaca-length instructions (~10 tokens) on our 2-core machine; a tight Python DP is
-~32 us. The bit-parallel LCS below (Hyyro 2004 / Crochemore et al. 2001) keeps one row of
-the table as the bits of a Python int and advances a whole row per token of the other
-text with four big-int operations: ~2 us per pair, exact, for any length (Python ints
-grow as needed, so long texts need no 64-bit word splitting).
+Why not the DP table: ``rouge_score`` fills an (m+1) x (n+1) Python list table per pair, and
+even a tight Python DP takes m x n interpreted steps. The bit-parallel LCS below (Hyyro 2004 /
+Crochemore et al. 2001) keeps one row of the table as the bits of a Python int and advances a
+whole row per token of the other text with four big-int operations: an order of magnitude
+faster per pair (benchmarks/README.md), exact, for any length (Python ints grow as needed, so
+long texts need no 64-bit word splitting).
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def verify_pairs(pairs: np.ndarray, token_strs: Sequence[str], threshold: float)
 
     pairs: (k, 2) int64 indices into ``token_strs`` (space-joined tokens), best sorted by the
     first column so each text's bit masks are built once. Returns (edges (e, 2), scores (e,)).
-    The LCS loop of :func:`lcs_length_masks` is inlined: the call overhead was ~20% of a pair.
+    The LCS loop of :func:`lcs_length_masks` is inlined: a function call per pair costs a large
+    share of the pair's work.
     """
     out_pairs: list[tuple[int, int]] = []
     out_scores: list[float] = []
