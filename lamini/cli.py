@@ -23,6 +23,7 @@ from lamini.evaluate.config import (
     UserOrientedConfig,
 )
 from lamini.generate.config import DatasetConfig, InstructionsConfig, ToxicityConfig
+from lamini.herd.config import HerdConfig
 from lamini.train.config import TrainConfig, TuneConfig
 
 if TYPE_CHECKING:  # an annotation only: importing lamini.runs would load pyarrow for `lamini --help`
@@ -30,6 +31,11 @@ if TYPE_CHECKING:  # an annotation only: importing lamini.runs would load pyarro
 
 # subcommand -> (config class, "module:function" that takes the config and returns a StageSummary, help)
 STAGES: dict[str, tuple[type[StrictModel], str, str]] = {
+    "herd": (
+        HerdConfig,
+        "lamini.herd.run:run_herd",
+        "The whole herd: build the dataset, train every student, evaluate them all, write one report (resumable).",
+    ),
     "responses": (
         ResponsesConfig,
         "lamini.generate.responses:run_responses",

@@ -23,11 +23,13 @@ ALLOWED: dict[str, set[str]] = {
     "lamini.config": {"lamini"},
     "lamini.corpus": {"lamini", "lamini.config"},
     "lamini.reporting": set(),
+    "lamini.paper": set(),
     "lamini.models": {"lamini", "lamini.config", "lamini.reporting"},
     "lamini.scoring": {"lamini", "lamini.config"},
     "lamini.engines": {"lamini", "lamini.config", "lamini.models"},
     "lamini.runs": {"lamini", "lamini.config", "lamini.corpus", "lamini.engines", "lamini.models"},
-    "lamini.analysis": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.runs", "lamini.scoring"},
+    "lamini.analysis": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.runs", "lamini.scoring",
+                        "lamini.paper"},
     "lamini.generate": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.models",
                         "lamini.scoring", "lamini.engines", "lamini.runs", "lamini.analysis"},
     "lamini.train": {"lamini", "lamini.config", "lamini.corpus", "lamini.reporting", "lamini.models", "lamini.runs"},
@@ -35,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
                         "lamini.scoring", "lamini.engines", "lamini.runs"},
     "lamini.testing": {"lamini", "lamini.config", "lamini.models"},
 }  # fmt: skip
-# The herd runs the stages one after another: the top floor under the command line.
+# The herd runs every stage: it sits on top of them all, under the command line.
 ALLOWED["lamini.herd"] = set(ALLOWED) - {"lamini.testing"}
 ALLOWED["lamini.cli"] = set(ALLOWED) - {"lamini.cli", "lamini.testing"}
 

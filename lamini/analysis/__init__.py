@@ -7,7 +7,7 @@
 Modules: ``mattr`` (exact, mergeable MATTR with lexicalrichness tokenisation), ``stats``
 (per-block summaries and their driver-side merge: counts, unique hashes, samples), ``embed``
 (embeddings, t-SNE, scatter plots), ``report`` (input resolution, the Ray Data pass, Markdown,
-JSON and PNG output), ``config`` (AnalyzeConfig). ``paper_values.json`` holds the paper's Tables 1-2 for comparison.
+JSON and PNG output), ``config`` (AnalyzeConfig). The paper's Tables 1-2 come from lamini.paper.
 Importing this package loads no Ray, torch, transformers or sentence-transformers.
 """
 
