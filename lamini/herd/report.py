@@ -268,7 +268,9 @@ def _hallucination(plans, docs, evals, paper) -> str:
     names = [n for n in _names(plans) if any(n in c for c in doc["judges"].values())]
     rows = [[n, *[_fmt((doc["judges"][j].get(n) or {}).get("total")) for j in doc["judges"]]] for n in names]
     rows += [[f"paper: {m}", *[v["total"] for _ in doc["judges"]]] for m, v in paper["table5_hallucination"]["rows"].items()]
-    return (f"## Hallucination (Table 5)\n\nHallucinated answers out of {doc['questions']} (lower is better), per judge; "
+    q = doc["questions"]
+    n = sum(q.values()) if isinstance(q, dict) else q
+    return (f"## Hallucination (Table 5)\n\nHallucinated answers out of {n} (lower is better), per judge; "
             "the paper's rows are human judged.\n\n" + md_table(["model", *doc["judges"]], rows) + "\n")
 
 

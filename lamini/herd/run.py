@@ -79,13 +79,17 @@ def build_dataset(cfg: HerdConfig, lay: Layout) -> dict[str, Any]:
     dcfg = cfg.dataset.build.model_copy(update={"run_dir": lay.dataset_run, "ray": cfg.ray})
     # The dataset stage resumes by itself (teacher shards, instruction rounds); a changed dataset
     # config runs it again in the same folder, where its own resume rules apply.
-    parts = {"dataset": dcfg.model_dump(mode="json", exclude={"ray"})}
+    # How fast or persistently the teacher is asked (and where Ray runs) does not change the data.
+    from lamini.evaluate.probes.judging import TRANSPORT_FIELDS
+
+    parts = {"dataset": dcfg.model_dump(mode="json", exclude={"ray": True, "pipeline": True,
+                                                                "teacher": set(TRANSPORT_FIELDS)})}  # fmt: skip
     rec = finished(lay.run, "dataset", parts)
     if rec is None:
         summary = run_dataset(dcfg)
         rec = mark(lay.run, "dataset", parts, {"summary": asdict(summary)})
     ds_run = RunDir(lay.dataset_run)
-    report = ds_run.uri_of("analysis", "report.md") if ds_run.exists("analysis", "report.md") else None
+    report = ds_run.uri_of("report", "report.md") if ds_run.exists("report", "report.md") else None
     return {"d_all": ds_run.uri_of(D_ALL), "teacher": teacher_label(dcfg.teacher), "summary": rec["result"]["summary"],
             "report": report, "generation": dcfg.response_generation.model_dump(), "system_prompt": dcfg.system_prompt}  # fmt: skip
 
