@@ -168,7 +168,7 @@ def test_herd_end_to_end_killed_and_resumed(tmp_path, fake_openai, tmp_path_fact
         kill_all([second.pid, *descendants(second.pid)])
     log = (tmp_path / "second.log").read_text()
     assert (herd / "dataset" / "manifest.json").stat().st_mtime == dataset_manifest
-    assert "herd:" in log.splitlines()[-1]
+    assert any(line.startswith("herd: ") for line in log.splitlines())  # the summary line (Ray's logs may follow it)
 
     # The data: a clean HF dataset folder with its card; split disjoint; ablation samples drawn.
     from datasets import load_dataset
