@@ -30,7 +30,6 @@ import posixpath
 import re
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import pyarrow as pa
