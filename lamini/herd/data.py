@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lamini.corpus.schema import LAMINI_COLUMNS
+from lamini.generate.card import count_by_source
 from lamini.herd.config import HerdConfig
 from lamini.herd.fidelity import split_holdout
 from lamini.herd.plan import D_ALL_SAMPLE, Layout, ablation_samples
@@ -79,7 +80,7 @@ def prepare_data(cfg: HerdConfig, d_all_uri: str) -> dict[str, Any]:
     run.makedirs("data")
     run.write_table("data/train.parquet", train)
     run.write_table("data/holdout.parquet", holdout)
-    sources = _counts(train)
+    sources = count_by_source(train)
     samples: dict[str, int] = {}
     if cfg.ablation is not None:
         a = cfg.ablation
@@ -104,13 +105,6 @@ def prepare_data(cfg: HerdConfig, d_all_uri: str) -> dict[str, Any]:
               "train_sha256": file_digest(lay.train_data)}  # fmt: skip
     mark(run, "data", parts, result)
     return result
-
-
-def _counts(table: pa.Table) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in table.column("instruction_source").to_pylist():
-        out[s] = out.get(s, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def _data_digest(uri: str) -> str:

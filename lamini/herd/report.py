@@ -31,16 +31,11 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
-def _read_json(uri: str, rel: str) -> Any:
-    run = RunDir(uri)
-    return run.read_json(rel) if run.exists(rel) else None
-
-
 def collect(evals: dict[str, Any], lay: Layout) -> dict[str, Any]:
     """Each finished evaluation's own results document (None where it did not run or failed)."""
     files = {"fidelity": "fidelity.json", "lm_eval": "results.json", "hallucination": "table5.json",
              "toxicity": "table6.json", "user_oriented": "figure5.json"}  # fmt: skip
-    return {s: (_read_json(lay.eval_dir(s), files[s]) if s in evals and "error" not in evals[s] else None) for s in files}
+    return {s: (RunDir(lay.eval_dir(s)).read_json(files[s]) if s in evals and "error" not in evals[s] else None) for s in files}
 
 
 def student_results(name: str, docs: dict[str, Any], pairs_fid: dict[str, Any]) -> dict[str, float]:

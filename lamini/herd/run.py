@@ -35,6 +35,7 @@ from lamini.herd.plan import (
     student_spec,
 )
 from lamini.herd.state import file_digest, finished, folder_digest, mark, was_recorded
+from lamini.runs.fingerprint import digest
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,9 @@ def _need(p: StudentPlan) -> tuple[float, float]:
 
 
 def _train_parts(p: StudentPlan, lay: Layout, data: dict[str, Any]) -> dict[str, Any]:
-    data_file = lay.train_data if p.sample is None else lay.sample_data(p.sample)
-    return {"train": p.train.model_dump(mode="json", exclude={"ray"}), "data": file_digest(data_file),
+    # The training split's hash was taken when it was written (prepare_data); a sample's is taken here.
+    data_hash = data["train_sha256"] if p.sample is None else file_digest(lay.sample_data(p.sample))
+    return {"train": p.train.model_dump(mode="json", exclude={"ray"}), "data": data_hash,
             "scratch": p.scratch.model_dump() if p.scratch else None}  # fmt: skip
 
 
@@ -134,7 +136,7 @@ def _train_one(p: StudentPlan, lay: Layout, parts: dict[str, Any]) -> dict[str, 
     if summary.model_dir is None:
         raise RuntimeError(f"training ended without an exported model (step {summary.steps}/{summary.total_steps})")
     result = {**asdict(summary), "started_at": t0, "finished_at": time.time(),
-              "model_sha256": folder_digest(p.model_dir), "config_sha256": _sha(parts["train"]),
+              "model_sha256": folder_digest(p.model_dir), "config_sha256": digest(parts["train"]),
               "data_sha256": parts["data"]}  # fmt: skip
     mark(lay.run, f"train-{p.name}", parts, result)
     return result
@@ -319,12 +321,6 @@ def run_herd(cfg: HerdConfig) -> HerdSummary:
              students={p.name: trained[p.name] for p in plans})  # fmt: skip
     log.info(summary.line())
     return summary
-
-
-def _sha(obj: Any) -> str:
-    from lamini.runs.fingerprint import digest
-
-    return digest(obj)
 
 
 def _clear(run: RunDir, *parts: str) -> None:
