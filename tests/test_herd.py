@@ -67,9 +67,9 @@ def herd_config(tmp_path: Path, url: str, detoxify_ckpt: str | None = None) -> d
             "lm_eval": {"tasks": ["science_mc"], "include_path": str(LM_EVAL_TASKS), "limit": 8, "bootstrap_iters": 0},
             "hallucination": {"judges": [{"teacher": teacher, "name": "fake-judge"}],
                               "generation": {"max_tokens": 12, "temperature": 0.0}},
+            # No judge here: the report then shows the answers and where the rating sheets are.
             "user_oriented": {"instructions": str(shared_data("user_oriented_instructions.jsonl")), "limit": 3,
-                              "annotators": 1, "judges": [{"teacher": teacher, "name": "fake-judge"}],
-                              "generation": {"max_tokens": 12, "temperature": 0.0}},
+                              "annotators": 1, "generation": {"max_tokens": 12, "temperature": 0.0}},
         },
         "ray": {"num_cpus": 2},
     }  # fmt: skip
@@ -205,6 +205,9 @@ def test_herd_end_to_end_killed_and_resumed(tmp_path, fake_openai, tmp_path_fact
                     "Toxicity (Table 6)", "User-oriented instructions (Figure 5)"):  # fmt: skip
         assert f"## {heading}" in md, heading
     assert "paper: LaMini-Flan-T5-77M" in md  # the paper's own rows beside ours (Table 5)
+    unjudged = md.split("## User-oriented instructions (Figure 5)")[1]
+    assert "Ran without a judge: 4 models x 3 answers" in unjudged, unjudged
+    assert "| item | gpt-base | gpt | t5-base | t5 |" in unjudged, unjudged
     assert (herd / "report" / "fidelity.png").stat().st_size > 1000
     assert report["results"]["gpt"]["lm_eval_average"] is not None
     # Every student's model card carries its evaluation results.

@@ -86,9 +86,9 @@ def write_report(
     sections.append(_downstream(plans, docs, evals, lay, out, paper))
     if cfg.ablation is not None:
         sections.append(_ablation(cfg, plans, docs, fid, paper))
-    sections.append(_hallucination(plans, docs, evals, paper))
+    sections.append(_hallucination(plans, docs, evals, lay, paper))
     sections.append(_toxicity(plans, docs, evals, paper))
-    sections.append(_user_oriented(docs, evals, lay, out))
+    sections.append(_user_oriented(plans, docs, evals, lay))
     report_json = {
         "run_dir": run.uri, "data": data, "dataset": dataset, "students": trained, "evaluations": evals,
         "results": {p.name: student_results(p.name, docs, fid) for p in plans},
@@ -220,7 +220,7 @@ def _downstream(plans, docs, evals, lay, out, paper) -> str:
 
 def _not_run(evals: dict[str, Any], stage: str) -> str:
     rec = evals.get(stage)
-    return f"Failed: {rec['error']}\n" if rec and "error" in rec else "Not configured.\n"
+    return f"Failed: {rec['error']}\n" if rec and "error" in rec else f"Not run: `evaluations.{stage}` is not set in the herd's config.\n"
 
 
 def _ablation(cfg, plans, docs, fid, paper) -> str:
@@ -256,8 +256,29 @@ def _names(plans) -> list[str]:
     return out
 
 
-def _hallucination(plans, docs, evals, paper) -> str:
+def _unjudged(plans, evals, lay, stage: str, answers: str, sheets: str, shown: int = 3) -> str:
+    """A probe that ran with no judge has answers but no counts: say where the answers and rating
+    sheets are, show the first `shown` items with every model's answer (so a reader sees at a
+    glance what the students say), and how the table fills in."""
+    src = RunDir(lay.eval_dir(stage))
+    models = [n for n in _names(plans) if src.exists(answers, f"{n}.parquet")]
+    tables = {n: src.read_table(f"{answers}/{n}.parquet").to_pylist() for n in models}
+    items = tables[models[0]][:shown] if models else []
+    clip = lambda t, k=90: (t or "").strip()[:k] + ("…" if len((t or "").strip()) > k else "")  # noqa: E731
+    rows = [[f"{it['instruction']}", *[clip(next((r["response"] or r["error"] for r in tables[m] if r["id"] == it["id"]), None))
+                                      for m in models]] for it in items]  # fmt: skip
+    n_items = len(tables[models[0]]) if models else 0
+    return (f"Ran without a judge: {len(models)} models x {n_items} answers in `{src.uri_of(answers)}`, "
+            f"rating sheets in `{src.uri_of(sheets)}`. Fill the sheets (or add `judges:`), list them as "
+            f"`ratings:` in this stage's settings and re-run `lamini herd`: finished steps are skipped and "
+            f"this table fills in. The first {len(items)}:\n\n"
+            + md_table(["item", *models], [[clip(r[0], 70), *r[1:]] for r in rows]) + "\n")
+
+
+def _hallucination(plans, docs, evals, lay, paper) -> str:
     doc = docs.get("hallucination")
+    if doc is None and "hallucination" in evals and "error" not in evals["hallucination"]:
+        return "## Hallucination (Table 5)\n\n" + _unjudged(plans, evals, lay, "hallucination", "answers", "ratings_sheet.csv")
     if doc is None:
         return "## Hallucination (Table 5)\n\n" + _not_run(evals, "hallucination")
     names = [n for n in _names(plans) if any(n in c for c in doc["judges"].values())]
@@ -281,8 +302,10 @@ def _toxicity(plans, docs, evals, paper) -> str:
             "Moderation API, out of 1,000 prompts per group).\n\n" + md_table(["model", *groups], rows) + "\n")
 
 
-def _user_oriented(docs, evals, lay, out) -> str:
+def _user_oriented(plans, docs, evals, lay) -> str:
     doc = docs.get("user_oriented")
+    if doc is None and "user_oriented" in evals and "error" not in evals["user_oriented"]:
+        return "## User-oriented instructions (Figure 5)\n\n" + _unjudged(plans, evals, lay, "user_oriented", "responses", "sheets")
     if doc is None:
         return "## User-oriented instructions (Figure 5)\n\n" + _not_run(evals, "user_oriented")
     src = RunDir(lay.eval_dir("user_oriented"))
