@@ -39,8 +39,14 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
     seeds = shared_data("self_instruct_seed_tasks.jsonl")
     temp_dir = Path("/tmp") / f"lamini-job-{os.getpid()}"
     gcs_port, dash_port, agent_port, agent_grpc, client_port = (_free_port() for _ in range(5))
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LAMINI_TEST_API_KEY="unused")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
+    env.pop("LAMINI_TEST_API_KEY", None)
+    # The API key reaches the job as on cluster.yaml's nodes: in the environment of `ray start`,
+    # which the job's driver and every actor inherit; not in the submission's env_vars (Ray keeps
+    # those in the GCS and shows them in `ray job list`). The submitting shell does not have it.
+    key = f"sk-test-job-{os.getpid()}"
+    fake_openai.configure(expected_api_key=key)
     start = subprocess.run(
         [_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
@@ -50,7 +56,7 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
          f"--dashboard-agent-listen-port={agent_port}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--ray-client-server-port={client_port}",
          "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=dict(env, LAMINI_TEST_API_KEY=key), capture_output=True, text=True, timeout=120,
     )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
@@ -67,7 +73,9 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         cfg_path.write_text(yaml.safe_dump(cfg))
         submit_cmd = [
             _ray_bin(), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".",
-            "--runtime-env-json", json.dumps({"env_vars": {"LAMINI_TEST_API_KEY": "unused", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+            # Progress every second, so the job's log shows Ray Data's progress lines (one each).
+            "--runtime-env-json", json.dumps({"env_vars": {"RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL": "1",
+                                                           "RAY_DATA_DISABLE_PROGRESS_BARS": "0"}}),
             "--", "python", "ray_jobs/responses.py", "--config", str(cfg_path),
         ]  # fmt: skip
         # Right after `ray start` on a busy machine the head's job agent may not be up yet; the
@@ -84,7 +92,17 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         ok = pq.read_table(run_dir / "dataset" / "responses.parquet")
         n_seed_rows = sum(len(json.loads(l)["instances"]) for l in seeds.read_text().splitlines() if l.strip())
         assert ok.num_rows == n_seed_rows == len(set(ok.column("id").to_pylist()))
-        assert fake_openai.stats()["requests"] == n_seed_rows
+        stats = fake_openai.stats()
+        assert stats["requests"] == n_seed_rows
+        assert stats["auth_matched"] == n_seed_rows  # every request carried the key from `ray start`'s env
+        jobs = subprocess.run([_ray_bin(), "job", "list", f"--address=http://127.0.0.1:{dash_port}"], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        leaks = [p for p in run_dir.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+        assert key not in text and key not in jobs.stdout + jobs.stderr and not leaks, leaks
+        # Ray Data's progress in a job's (non-interactive) log: one compact line per interval.
+        progress = [line for line in text.splitlines() if "logging_progress" in line]
+        assert any(" rows | " in line for line in progress), text[-3000:]
+        assert not [line for line in progress if "=====" in line or "Tasks:" in line], progress
     finally:
         # Stop only this Ray: every process whose command line names its temp dir or ports.
         # Workers rename themselves (ray::IDLE), so take the descendants of the matches too.

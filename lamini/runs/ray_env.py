@@ -20,6 +20,9 @@ def init_ray(cfg: RayInitConfig, dashboard: bool = False) -> None:
     """
     import ray
 
+    from lamini.runs.progress_log import install_compact_progress
+
+    install_compact_progress()
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
