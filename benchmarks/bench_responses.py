@@ -7,6 +7,10 @@
   (c) Ray's `ray.data.llm` HTTP processor (HttpRequestProcessorConfig + build_processor) on
       the same rows, at its best point of a batch_size x concurrency grid
 
+  (d) distilabel (TextGeneration with OpenAILLM) and (e) bespokelabs-curator (curator.LLM):
+      the tools users pick instead, each in its own virtualenv made on first use
+      (benchmarks/peers.py), with the same in-flight and rows as (a) and (b)
+
 each at 0 ms and 50 ms server latency. Prints a table and writes
 bench_results/bench_responses.json (and a timestamped copy). Timing targets are reported,
 never asserted.
@@ -14,6 +18,7 @@ never asserted.
     python benchmarks/bench_responses.py            # full run (~12 min on 2 cores)
     python benchmarks/bench_responses.py --quick    # smoke run: N/10 rows, a smaller grid
     python benchmarks/bench_responses.py --rows 5000 --latencies 0,0.05
+    python benchmarks/bench_responses.py --peers none                  # without (d) and (e)
 
 The script starts its own local Ray (2 CPUs, its own temp dir) and shuts it down at the end.
 """
@@ -43,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from benchmarks.machine import machine_busy_s  # noqa: E402
+from benchmarks.peers import PEERS  # noqa: E402
 from lamini import SYSTEM_PROMPT  # noqa: E402
 from lamini.config import (  # noqa: E402
     GenerationParams,
@@ -51,6 +57,8 @@ from lamini.config import (  # noqa: E402
     ResponsesConfig,
 )
 from lamini.testing.fake_openai import FakeOpenAIServer  # noqa: E402
+
+PEER_LABELS = {n: p["label"] for n, p in PEERS.items()}
 
 RAY_TMP = "/tmp/lamini-bench-ray"
 KEY_ENV = "LAMINI_BENCH_API_KEY"  # left unset: the fake server is on loopback and needs no key
@@ -243,6 +251,23 @@ def run_bare(server: FakeOpenAIServer, prompts: list[str]) -> dict[str, Any]:
             "in_flight": in_flight, "client_cpu_ms_per_req": round(cpu / len(prompts) * 1e3, 4), **m.fields()}
 
 
+def run_peer_contender(server: FakeOpenAIServer, name: str, table: pa.Table, work: Path) -> dict[str, Any]:
+    """(d)/(e): a peer over the same prompts, same in-flight as (a), in its own virtualenv."""
+    from benchmarks.peers import run_peer
+
+    prompts = work / f"peer-prompts-{table.num_rows}.jsonl"
+    if not prompts.exists():
+        with prompts.open("w", encoding="utf-8") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps({"id": row["id"], "prompt": row["prompt"]}) + "\n")
+    in_flight = PIPELINE["max_actors"] * MAX_IN_FLIGHT_PER_ACTOR
+    with Meter(server) as m:
+        r = run_peer(name, server.url, prompts, SYSTEM_PROMPT, in_flight, GEN.max_tokens, GEN.temperature)
+    return {"rps": round(r["ok"] / r["run_s"], 1), "sent": r["rows"], "ok": r["ok"], "written": r["written"],
+            "wall_s": r["run_s"], "process_wall_s": r["process_wall_s"], "in_flight": r["in_flight"],
+            "settings": r.get("settings", {}), **m.fields()}
+
+
 def _ray_llm_async_batches() -> int:
     from ray.data._internal.planner.plan_udf_map_op import (
         DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY,
@@ -333,7 +358,7 @@ def _share(rps: float, in_flight: int, latency_s: float) -> float | None:
 
 
 def bench_latency(server: FakeOpenAIServer, latency_s: float, rows: int, c_rows: int, work: Path,
-                  grid_b, grid_c) -> dict[str, Any]:
+                  grid_b, grid_c, peers: list[str]) -> dict[str, Any]:
     tag = f"{int(round(latency_s * 1000))}ms"
     server.configure(latency_s=latency_s, fault_rate=0.0)
     corpus = write_corpus(work, rows)
@@ -346,8 +371,12 @@ def bench_latency(server: FakeOpenAIServer, latency_s: float, rows: int, c_rows:
     b = run_bare(server, prompts)
     print(f"  (c) ray.data.llm grid on {c_rows} rows ...", flush=True)
     c = run_ray_llm(server, table, c_rows, work, tag, grid_b, grid_c, latency_s)
+    peer = {}
+    for name in peers:
+        print(f"  {PEER_LABELS[name]} on {rows} rows ...", flush=True)
+        peer[name] = run_peer_contender(server, name, table, work)
 
-    for r in (a, b, c):
+    for r in (a, b, c, *peer.values()):
         r["littles_law_bound_rps"] = None if latency_s <= 0 else round(r["in_flight"] / latency_s, 1)
         r["share_of_bound"] = _share(r["rps"], r["in_flight"], latency_s)
         # Seconds of the measured time not spent sending at the steady rate: start-up and tail.
@@ -357,7 +386,10 @@ def bench_latency(server: FakeOpenAIServer, latency_s: float, rows: int, c_rows:
               # diagnostic only: the same ratio between first and last request (start-up left out)
               "a_over_b_steady": round(a["steady_rps"] / b["steady_rps"], 3)
               if a["steady_rps"] and b["steady_rps"] else None}
-    return {"latency_s": latency_s, "rows": rows, "c_rows": c_rows, "a": a, "b": b, "c": c, "ratios": ratios}
+    for name, r in peer.items():
+        ratios[f"a_over_{name}"] = round(a["rps"] / r["rps"], 2)
+    return {"latency_s": latency_s, "rows": rows, "c_rows": c_rows, "a": a, "b": b, "c": c, "peers": peer,
+            "ratios": ratios}
 
 
 # ------------------------------------------------------------------------------ report
@@ -391,15 +423,17 @@ def print_table(results: list[dict[str, Any]], met: dict[str, bool]) -> None:
     for r in results:
         lat = f"{r['latency_s'] * 1000:.0f} ms"
         a, b, c = r["a"], r["b"], r["c"]
+        peers = [(PEER_LABELS[n], x) for n, x in r.get("peers", {}).items()]
         for name, x in (("(a) pipeline", a), ("(b) bare asyncio, no Ray", b),
-                        (f"(c) ray.data.llm b{c['batch_size']} x c{c['concurrency']}", c)):
+                        (f"(c) ray.data.llm b{c['batch_size']} x c{c['concurrency']}", c), *peers):
             print(f"{lat:>7}  {name:<27} {x['sent']:>6} {x['rps']:>7.0f} {fmt(x['steady_rps'], '7.0f'):>7} "
                   f"{fmt(x['fixed_s'], '6.2f'):>6} {x['in_flight']:>9} {fmt(x['share_of_bound'], '.3f'):>6} "
                   f"{x['server_cpu_ms_per_req']:>6.3f} {x['machine_cpu_ms_per_req']:>6.3f}")
         q = r["ratios"]
         print(f"{lat:>7}  (a) wall incl. reading + finalize: {a['wall_rps']:.0f} req/s")
         print(f"{lat:>7}  a/b = {q['a_over_b']:.2f}   a/c = {q['a_over_c']:.1f}   "
-              f"(steady a/b = {fmt(q['a_over_b_steady'], '.2f')}, diagnostic)")
+              f"(steady a/b = {fmt(q['a_over_b_steady'], '.2f')}, diagnostic)"
+              + "".join(f"   a/{n} = {q[f'a_over_{n}']:.2f}" for n in r.get("peers", {})))
         grid = ", ".join(f"b{p['batch_size']}xc{p['concurrency']}={p['rps']:.0f} ({fmt(p['steady_rps'], '.0f')})"
                          for p in c["grid"])
         print(f"{lat:>7}  (c) grid on {c['grid_rows']} rows, req/s (steady): {grid}")
@@ -426,7 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latencies", default="0,0.05", help="server latencies in seconds, comma-separated")
     p.add_argument("--c-rows", type=int, default=None,
                    help="rows per (c) grid point (default: 3,000 at 0 ms, 640 otherwise: (c) runs once per grid point)")
+    p.add_argument("--peers", default="distilabel,curator",
+                   help="peers to run beside ours, comma-separated, or 'none' (each installs into its own "
+                        "virtualenv under .cache/bench_envs on first use)")
     args = p.parse_args(argv)
+    peers = [] if args.peers == "none" else [x for x in args.peers.split(",") if x]
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
     scale = 10 if args.quick else 1
     grid_b, grid_c = (QUICK_GRID_BATCH, QUICK_GRID_CONCURRENCY) if args.quick else (GRID_BATCH, GRID_CONCURRENCY)
@@ -450,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows = (args.rows or DEFAULT_ROWS) // scale
                 c_rows = min(rows, (args.c_rows or (3_000 if lat == 0 else 640)) // scale)
                 print(f"latency {lat * 1000:.0f} ms:", flush=True)
-                results.append(bench_latency(server, lat, rows, c_rows, work, grid_b, grid_c))
+                results.append(bench_latency(server, lat, rows, c_rows, work, grid_b, grid_c, peers))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()
@@ -477,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
                   "rows_per_block": f"{_ray_llm_async_batches()} x batch_size",
                   "async_batches_per_actor": _ray_llm_async_batches(),
                   "best_by": "steady_rps on the grid rows, then re-run on the same rows as (a) and (b)"},
+            "peers": {n: {"requirements": PEERS[n]["requirements"], "in_flight": PIPELINE["max_actors"] * MAX_IN_FLIGHT_PER_ACTOR}
+                      for n in peers},
         },
         "rate_definitions": {
             "a.rps": "summary.sent / summary.pipeline_s: Ray Data plan to Parquet shards; excludes ray.init, "
@@ -484,6 +524,8 @@ def main(argv: list[str] | None = None) -> None:
             "a.wall_rps": "summary.sent / wall time of run_responses (reading, pipeline, finalize; Ray already up)",
             "b.rps": "rows / wall time of the asyncio run",
             "c.rps": "rows / wall time from building the dataset to the Parquet files written",
+            "peers.rps": "answered rows / the peer's own run time (pipeline built to last response; no "
+                         "interpreter start-up or imports, as a.rps has no ray.init)",
             "steady_rps": "(requests - 1) / (last - first arrival at the server): the rate once running",
             "fixed_s": "timed seconds not spent at steady_rps: start-up (actors, planning) and tail",
             "share_of_bound": "rps / (in_flight / latency_s), Little's law; null at 0 latency",
