@@ -138,7 +138,7 @@ class OpenAITeacherConfig(StrictModel):
     price_per_1m_completion_tokens: float | None = Field(
         None, ge=0, description="USD per 1M completion tokens, for the cost estimate."
     )
-    # Fail fast (lamini.engines.openai_http.Breaker): a run against a dead endpoint, a rejected
+    # Fail fast (lamini.engines.http_guards.Breaker): a run against a dead endpoint, a rejected
     # key or an unknown model stops at once instead of sending every row through every retry.
     fail_fast_after: int = Field(
         5, ge=1, description="Stop the run after this many requests in a row fail in a way no retry mends: "

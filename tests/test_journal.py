@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lamini.engines.base import ChatResult, append_results, result_to_columns
-from lamini.engines.openai_http import prompt_tokens_max
+from lamini.engines.http_guards import prompt_tokens_max
 from lamini.runs.journal import LEDGER, Journal, fold_journals, unsettled
 from lamini.runs.rundir import RunDir
 from lamini.runs.shards import finalize, scan_shards

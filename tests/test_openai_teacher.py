@@ -395,7 +395,7 @@ def test_output_token_bucket_reserves_max_tokens_and_refunds_the_rest():
 
 
 def test_parse_reset_reads_openai_durations():
-    from lamini.engines.openai_http import parse_reset
+    from lamini.engines.http_guards import parse_reset
 
     assert parse_reset("12ms") == 0.012 and parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
     assert parse_reset("1h2m3.5s") == 3723.5 and parse_reset("0.25") == 0.25

@@ -1,6 +1,6 @@
 """RunAborted: how an engine stops a whole run that cannot usefully go on (exit status 3).
 
-It lives with the engines because they are what detect it (lamini.engines.openai_http.Breaker),
+It lives with the engines because they are what detect it (lamini.engines.http_guards.Breaker),
 and every layer above (the run core, the command line) may import it from here.
 """
 

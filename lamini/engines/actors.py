@@ -171,7 +171,7 @@ def apply_teacher(
     )
     key_env = getattr(teacher_cfg, "api_key_env", None)
     # The key, and the variables `${VAR}` header values name: secrets the actors need too.
-    from lamini.engines.openai_http import header_env_names
+    from lamini.engines.http_guards import header_env_names
 
     names = [key_env, *header_env_names(getattr(teacher_cfg, "extra_headers", None) or {})]
     secrets = {n: Secret(os.environ[n]) for n in names if n and os.environ.get(n)}

@@ -46,7 +46,7 @@ from lamini.engines.base import (
     append_results,
     result_to_columns,
 )
-from lamini.engines.openai_http import prompt_tokens_max
+from lamini.engines.http_guards import prompt_tokens_max
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
