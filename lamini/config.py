@@ -157,6 +157,23 @@ class OpenAITeacherConfig(StrictModel):
         return self
 
 
+class OpenAIBatchTeacherConfig(OpenAITeacherConfig):
+    """The OpenAI Batch API (half the chat price, answers within `completion_window`): rows go up
+    as JSONL files, one request per row with custom_id = row id (lamini.runs.batch_api). For
+    `lamini responses`; the chat settings (model, base_url, key, prices, headers) are shared."""
+
+    engine: Literal["openai_batch"] = "openai_batch"  # type: ignore[assignment]
+    max_requests_per_batch: int = Field(50_000, ge=1, le=50_000, description="Rows per batch (the API allows 50,000).")
+    completion_window: str = Field("24h", description="The Batch API's completion_window.")
+    poll_s: float = Field(30.0, gt=0, description="Seconds between looks at a batch in progress.")
+    batch_price_factor: float = Field(
+        0.5, gt=0, le=1, description="Batch price as a fraction of the chat prices (price_per_1m_*): 0.5 at OpenAI."
+    )
+    max_resubmits: int = Field(
+        3, ge=0, description="Times a row that expired or failed transiently (429/5xx) is sent again in a new batch."
+    )
+
+
 class HFTeacherConfig(StrictModel):
     """A local transformers model served by Ray actors with batched generation.
 
@@ -210,7 +227,8 @@ def _engine_key(v: Any) -> Any:
 
 
 TeacherConfig = Annotated[
-    Annotated[Union[OpenAITeacherConfig, HFTeacherConfig, VLLMTeacherConfig], Field(discriminator="engine")],
+    Annotated[Union[OpenAITeacherConfig, OpenAIBatchTeacherConfig, HFTeacherConfig, VLLMTeacherConfig],
+              Field(discriminator="engine")],
     BeforeValidator(_engine_key),
 ]
 
@@ -299,7 +317,7 @@ class ResponsesConfig(StrictModel):
         if (b.max_requests, b.max_tokens, b.max_cost_usd) == (None, None, None):
             return self
         if self.teacher.engine != "openai":
-            raise ValueError("budget caps apply to HTTP teachers (engine: openai) only")
+            raise ValueError("budget caps apply to the chat HTTP teacher (engine: openai) only")
         t = self.teacher
         if b.max_cost_usd is not None and t.price_per_1m_prompt_tokens is None and t.price_per_1m_completion_tokens is None:
             raise ValueError("budget.max_cost_usd needs the teacher's price_per_1m_prompt_tokens / _completion_tokens")

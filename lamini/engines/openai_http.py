@@ -152,6 +152,9 @@ def _parse_completion(data: Any) -> ChatResult | _Failure:
     return ChatResult(text=text, finish_reason=finish, prompt_tokens=pt, completion_tokens=ct)
 
 
+parse_completion = _parse_completion  # public name: the Batch API backend reads the same bodies
+
+
 class _LoopState:
     """What must belong to one event loop: the semaphore and the HTTP client (with its pool)."""
 

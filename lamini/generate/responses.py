@@ -114,6 +114,8 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
     pending_rows = done.sent
     cost = mf.estimate_cost(cfg.teacher, counts.prompt_tokens + counts.unsettled_prompt_tokens_max,
                             counts.completion_tokens + counts.unsettled_completion_tokens_max)
+    if cost is not None and cfg.teacher.engine == "openai_batch":  # the Batch API's discount
+        cost = round(cost * cfg.teacher.batch_price_factor, 6)
     summary = ResponsesSummary(
         run_dir=run.uri,
         attempt_id=attempt_id,

@@ -97,7 +97,13 @@ def answer_table(
         exhausted = next((CAP_NAMES[k] for k, v in left.items() if v <= 0), None)
         if exhausted:
             log.warning("%s: budget %s already spent; nothing is sent", run.uri, exhausted)
-    if pending.num_rows and not exhausted:
+    if pending.num_rows and teacher.engine == "openai_batch":  # the Batch API: files and polling, no actors
+        from lamini.runs.batch_api import answer_with_batches
+
+        t0 = time.time()
+        answer_with_batches(pending, run, teacher, generation, system_prompt)
+        pipeline_s = time.time() - t0
+    elif pending.num_rows and not exhausted:
         init_ray(ray_cfg)
         t0 = time.time()  # rows/s of the pipeline itself, not of starting Ray
         # from_blocks keeps our blocks as they are (one block = one shard = the unit of resume)

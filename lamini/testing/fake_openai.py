@@ -16,7 +16,8 @@ counted as whitespace words. Three prompt kinds get teacher-like replies instead
 (lamini.testing.fake_replies):
 instruction-generation prompts (N <example> blocks), the hallucination judge's rubric
 ("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`) and the user-oriented judge's rubric
-("GRADE: A-D\nREASON: ..." by `fake_grade`). GET /admin/stats[?detail=1], POST
+("GRADE: A-D\nREASON: ..." by `fake_grade`). The Batch API (/v1/files, /v1/batches, with
+expiry and partial failure) is lamini.testing.fake_batches. GET /admin/stats[?detail=1], POST
 /admin/config, POST /admin/reset, GET /health.
 
 Faults, by marker in the user message: "[fault:KIND]" fails every attempt of that prompt,
@@ -53,6 +54,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lamini.testing.fake_batches import BatchStore
 from lamini.testing.fake_replies import canned_reply
 
 FAULT_KINDS = ("429", "500", "503", "hang", "malformed", "empty_choices", "disconnect")
@@ -74,12 +76,13 @@ class _Server:
         self.settings: dict[str, Any] = {
             "latency_s": latency_s, "seed": seed, "fault_rate": fault_rate, "fault_kinds": list(fault_kinds),
             "retry_after_s": retry_after_s, "expected_api_key": None, "known_models": None,
-            "ratelimit_requests": None, "ratelimit_window_s": 1.0, "record_headers": [],
+            "ratelimit_requests": None, "ratelimit_window_s": 1.0, "record_headers": [], "batch_latency_s": 0.0,
         }
         self.rng = random.Random(seed)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         self.conns: set[_Conn] = set()  # open connections, closed at shutdown
+        self.batch_store = BatchStore(self._batch_answer, lambda: self.settings["batch_latency_s"])
         self.reset()
 
     def reset(self) -> None:
@@ -152,6 +155,10 @@ class _Server:
         path, _, query = target.partition("?")
         if path.startswith("/admin/") or path == "/health":
             return self._admin(conn, method, path, query, body)
+        if path.startswith(("/v1/files", "/v1/batches")):  # the Batch API (lamini.testing.fake_batches)
+            routed = self.batch_store.route(method, path, headers, body)
+            if routed is not None:
+                return conn.send(*routed)
         if method != "POST" or not path.endswith("/chat/completions"):
             return conn.send(404, _error_body(f"no route {method} {path}", "not_found"))
         try:
@@ -210,6 +217,25 @@ class _Server:
             return None
         self.auth_mismatched += 1
         return "401"
+
+    def _batch_answer(self, req: dict) -> tuple[Any, Any]:
+        """One line of a batch, answered (and counted) as the chat route would: (status or "expire", body)."""
+        messages = req.get("messages") or []
+        prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        self.requests += 1
+        n = self.by_prompt[prompt] = self.by_prompt.get(prompt, 0) + 1
+        kind = self._model_fault(req) or self._fault(prompt, n)
+        self.outcomes.setdefault(prompt, []).append(kind or "ok")
+        if kind:
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+        else:
+            self.ok += 1
+        if kind == "expire":
+            return "expire", None
+        if kind is None or kind == "empty_choices":
+            return 200, json.loads(_completion(req, prompt, messages, empty=kind is not None, served=self.served))
+        status = int(kind) if kind.isdigit() else 500
+        return status, json.loads(_error_body(f"fake fault {kind}", "server_error" if status >= 500 else "invalid_request"))
 
     def _ratelimit(self, now: float) -> tuple[bytes, str | None]:
         """OpenAI-style request limit over fixed windows: (x-ratelimit-* headers, "ratelimit" when over)."""
