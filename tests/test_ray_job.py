@@ -21,6 +21,8 @@ import pytest
 import yaml
 from conftest import ROOT, shared_data
 
+SENTINEL = "sk-SENTINEL-headonly-4c1d9e"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -39,8 +41,13 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
     seeds = shared_data("self_instruct_seed_tasks.jsonl")
     temp_dir = Path("/tmp") / f"lamini-job-{os.getpid()}"
     gcs_port, dash_port, agent_port, agent_grpc, client_port = (_free_port() for _ in range(5))
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LAMINI_TEST_API_KEY="unused")
+    # The key is in the environment of `ray start` on the head only (as cluster.yaml does it): the job
+    # driver inherits it and hands it to its actors; neither the submitting shell nor the job's
+    # runtime_env has it (the dashboard and `ray job` show a runtime_env's env_vars).
+    fake_openai.configure(expected_api_key=SENTINEL)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
+    env.pop("LAMINI_TEST_API_KEY", None)
     start = subprocess.run(
         [_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
@@ -50,7 +57,7 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
          f"--dashboard-agent-listen-port={agent_port}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--ray-client-server-port={client_port}",
          "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=dict(env, LAMINI_TEST_API_KEY=SENTINEL), capture_output=True, text=True, timeout=120,
     )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
@@ -67,7 +74,7 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         cfg_path.write_text(yaml.safe_dump(cfg))
         submit_cmd = [
             _ray_bin(), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".",
-            "--runtime-env-json", json.dumps({"env_vars": {"LAMINI_TEST_API_KEY": "unused", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+            "--runtime-env-json", json.dumps({"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
             "--", "python", "ray_jobs/responses.py", "--config", str(cfg_path),
         ]  # fmt: skip
         # Right after `ray start` on a busy machine the head's job agent may not be up yet; the
@@ -84,7 +91,12 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         ok = pq.read_table(run_dir / "dataset" / "responses.parquet")
         n_seed_rows = sum(len(json.loads(l)["instances"]) for l in seeds.read_text().splitlines() if l.strip())
         assert ok.num_rows == n_seed_rows == len(set(ok.column("id").to_pylist()))
-        assert fake_openai.stats()["requests"] == n_seed_rows
+        stats = fake_openai.stats()
+        assert stats["requests"] == n_seed_rows
+        assert stats["auth_matched"] == n_seed_rows and stats["auth_mismatched"] == 0  # the head's key, every time
+        assert SENTINEL not in submit.stdout + submit.stderr
+        logs = [p for p in temp_dir.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err", ".json")]
+        assert logs and not [p for p in logs if SENTINEL.encode() in p.read_bytes()]
     finally:
         # Stop only this Ray: every process whose command line names its temp dir or ports.
         # Workers rename themselves (ray::IDLE), so take the descendants of the matches too.
