@@ -458,3 +458,60 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(fake_openai, tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "lamini responses: interrupted; re-run the same command to resume" in err
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_ray_datas_non_interactive_progress_block_becomes_one_line():
+    """Ray Data's own logging functions, as its LoggingExecutionProgressManager.refresh calls them."""
+    import logging
+
+    from ray.data._internal.progress import logging_progress as lp
+
+    from lamini.runs.ray_env import PROGRESS_LOGGER, compact_progress_logs
+
+    compact_progress_logs()
+    compact_progress_logs()  # once per process, however often Ray is initialised
+    assert len(logging.getLogger(PROGRESS_LOGGER).filters) == 1
+    seen: list[str] = []
+
+    class Keep(logging.Handler):  # on the logger itself: Ray Data's loggers do not propagate to the root
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep(level=logging.INFO)
+    logging.getLogger(PROGRESS_LOGGER).addHandler(keep)
+    for done in (40, 200):
+        first = "======= Running Dataset: dataset_7_0 ======="
+        lp.logger.info(first)
+        lp._log_global_progress(lp._LoggingMetrics("Total Progress", "Active & requested resources: 0.25/2 CPU", done, 200))
+        lp.logger.info("")
+        lp._log_op_or_sub_progress(lp._LoggingMetrics("MapBatches(JournaledUDF)", "Tasks: 2; Actors: 1", done, 200))
+        lp._log_op_or_sub_progress(lp._LoggingMetrics("    - Write", None, done // 2, None))
+        lp.logger.info("=" * len(first))
+    logging.getLogger(PROGRESS_LOGGER).removeHandler(keep)
+    assert seen == [
+        "Ray Data dataset_7_0: Total Progress: 40/200 | MapBatches(JournaledUDF): 40/200 | Write: 20/?",
+        "Ray Data dataset_7_0: Total Progress: 200/200 | MapBatches(JournaledUDF): 200/200 | Write: 100/?",
+    ]
+
+
+def test_cli_progress_in_a_log_is_one_line_per_interval(fake_openai, tmp_path):
+    """A real run with stdout not a terminal and Ray Data's progress on: its report is one line each time."""
+    fake_openai.configure(latency_s=0.05)
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(120)])
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
+           "teacher": _openai_teacher(fake_openai.url, max_in_flight=2),
+           "pipeline": {"batch_size": 4, "rows_per_block": 20, "max_actors": 1},
+           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-prog-{os.getpid()}"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL="1")
+    env.pop("RAY_DATA_DISABLE_PROGRESS_BARS", None)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "lamini.cli", "responses", "--config", str(path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    progress = [x for x in text.splitlines() if "Total Progress:" in x]
+    assert progress, text[-3000:]
+    assert all("Ray Data dataset_" in x and "| MapBatches(JournaledUDF): " in x for x in progress), progress
+    assert "======= Running Dataset" not in text
