@@ -211,6 +211,9 @@ def test_kill_and_resume(fake_openai, tmp_path):
     # Every request the server saw is counted (a write-ahead line precedes each), and the cost
     # covers every token the server billed: the answers we never read are priced at their maximum.
     m = json.loads((run_dir / "manifest.json").read_text())
+    print(f"kill test: server saw {before['total_requests']} + {after['total_requests']} = {sent} requests for {n_rows} rows "
+          f"(in shards at the kill: {len(in_shards)}); manifest requests {m['counts']['requests']} "
+          f"({m['counts']['unsettled_requests']} unanswered)")
     assert sent <= m["counts"]["requests"] <= sent + actors * in_flight
     served = {k: before["usage_served"][k] + after["usage_served"][k] for k in ("prompt_tokens", "completion_tokens")}
     t = m["tokens"]
