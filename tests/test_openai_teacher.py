@@ -400,3 +400,15 @@ def test_parse_reset_reads_openai_durations():
     assert parse_reset("12ms") == 0.012 and parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
     assert parse_reset("1h2m3.5s") == 3723.5 and parse_reset("0.25") == 0.25
     assert parse_reset(None) is None and parse_reset("soon") is None
+
+
+def test_input_and_output_token_limits_take_the_prompt_and_keep_only_the_written_tokens(fake_openai, http_client):
+    """Per request the input bucket pays the prompt estimate, the output bucket max_tokens, of
+    which what the answer did not write comes back (the level is only refilled at the next acquire,
+    so after one request it is exactly the burst less what was kept)."""
+    t = teacher(fake_openai, http_client, input_tokens_per_minute=60, output_tokens_per_minute=60, rate_limit_burst_s=100)
+    (r,) = run(t, [req("hi", max_tokens=64)])  # "echo: hi": 2 completion tokens
+    assert r.ok and r.completion_tokens == 2
+    prompt_estimate = (len("be brief") + len("hi")) / 4
+    assert t._itpm.level == 100 - prompt_estimate
+    assert t._otpm.level == 100 - 2
