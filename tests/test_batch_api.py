@@ -83,3 +83,20 @@ def test_a_killed_batch_run_resumes_polling_instead_of_paying_twice(fake_openai,
     assert "30 ok" in second.stdout
     assert fake_openai.stats()["total_requests"] == 30  # the same batches were polled, not sent again
     assert len(json.loads(state.read_text())["batches"]) == 3
+
+
+def test_a_rejected_key_stops_a_batch_run(fake_openai, tmp_path, monkeypatch):
+    import pytest
+
+    from lamini.engines.abort import RunAborted
+    from lamini.generate.responses import run_responses
+
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "sk-wrong")
+    fake_openai.configure(expected_api_key="sk-right")
+    cfg = ResponsesConfig.model_validate(_cfg(tmp_path, fake_openai.url, _rows(tmp_path, 5, {})))
+    with pytest.raises(RunAborted, match="HTTP 401"):
+        run_responses(cfg)
+    assert fake_openai.stats()["total_requests"] == 0  # no batch was created
+    with pytest.raises(RunAborted, match="cannot reach"):
+        run_responses(ResponsesConfig.model_validate(
+            _cfg(tmp_path / "x", "http://127.0.0.1:9/v1", _rows(tmp_path, 5, {}), max_requests_per_batch=2)))

@@ -23,8 +23,10 @@ from typing import Any
 import pyarrow as pa
 
 from lamini.config import GenerationParams, OpenAIBatchTeacherConfig
+from lamini.engines.abort import RunAborted
 from lamini.engines.actors import teacher_label
 from lamini.engines.base import ChatResult, append_results, build_request
+from lamini.engines.http_guards import FATAL_STATUS
 from lamini.engines.openai_http import OpenAIEngine, parse_completion
 from lamini.runs.rundir import RunDir
 
@@ -38,7 +40,7 @@ def _client(cfg: OpenAIBatchTeacherConfig) -> Any:
     import openai
 
     key = os.environ.get(cfg.api_key_env) or "unused-for-loopback"
-    return openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=5, timeout=cfg.timeout_s)
+    return openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=3, timeout=cfg.timeout_s)
 
 
 def _submit(client: Any, cfg: OpenAIBatchTeacherConfig, lines: list[bytes]) -> str:
@@ -83,7 +85,25 @@ def answer_with_batches(
     pending: pa.Table, run: RunDir, teacher: OpenAIBatchTeacherConfig, generation: GenerationParams,
     system_prompt: str | None,
 ) -> None:
-    """Answer every row of `pending` (id, prompt, ...) through the Batch API, writing one shard per batch."""
+    """Answer every row of `pending` (id, prompt, ...) through the Batch API, writing one shard per batch.
+    An endpoint that cannot be reached, a rejected key or an unknown route stops the run (RunAborted)."""
+    import openai
+
+    try:
+        _answer(pending, run, teacher, generation, system_prompt)
+    except openai.APIConnectionError as e:
+        raise RunAborted(f"cannot reach {teacher.base_url} ({type(e.__cause__ or e).__name__}): is base_url right?") from None
+    except openai.APIStatusError as e:
+        if e.status_code not in FATAL_STATUS:
+            raise
+        raise RunAborted(f"the Batch API at {teacher.base_url} answered HTTP {e.status_code} "
+                         f"(key in ${teacher.api_key_env} rejected, or no such route or model)") from None
+
+
+def _answer(
+    pending: pa.Table, run: RunDir, teacher: OpenAIBatchTeacherConfig, generation: GenerationParams,
+    system_prompt: str | None,
+) -> None:
     engine = OpenAIEngine(teacher)  # the same request body as the chat path (and the key check)
     client = _client(teacher)
     label = teacher_label(teacher)

@@ -156,6 +156,8 @@ class _Server:
         if path.startswith("/admin/") or path == "/health":
             return self._admin(conn, method, path, query, body)
         if path.startswith(("/v1/files", "/v1/batches")):  # the Batch API (lamini.testing.fake_batches)
+            if self._auth_fault(headers):
+                return conn.send(401, _error_body("Incorrect API key provided (fake)", "invalid_request_error"))
             routed = self.batch_store.route(method, path, headers, body)
             if routed is not None:
                 return conn.send(*routed)
