@@ -2,6 +2,11 @@
 
 Thin on purpose: everything that does work lives in the library, and importing this module
 loads no torch, transformers, vllm or deepspeed (`lamini --help` stays fast).
+
+Exit status: 0 success; 1 rows missing, or ended as errors the config did not allow; 2 a bad
+config or input (one line naming file and line); 3 the run was stopped because it could not
+usefully go on (lamini.engines.abort.RunAborted: endpoint unreachable, key rejected, ...);
+130 interrupted (Ctrl-C). Whatever a run wrote before stopping stays: re-running resumes it.
 """
 
 from __future__ import annotations
@@ -169,14 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = run_stage(args.stage, args)
+    except KeyboardInterrupt:
+        # Ctrl-C is a request, not a crash: one line and the shell's 128+SIGINT, no traceback.
+        # Whatever the stage already wrote stays, and re-running the command resumes from it.
+        print(f"lamini {args.stage}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
     except Exception as e:  # a clear one-line error for config and input problems
         from pydantic import ValidationError
 
         from lamini.corpus import CorpusError
+        from lamini.engines.abort import RunAborted
 
         if isinstance(e, (ValidationError, CorpusError, FileNotFoundError, ValueError)):
             print(f"lamini {args.stage}: error: {e}", file=sys.stderr)
             return 2
+        aborted = RunAborted.find(e)
+        if aborted is not None:
+            print(f"lamini {args.stage}: stopped: {aborted}; re-run the same command to resume", file=sys.stderr)
+            return 3
         raise
     if args.json:
         from dataclasses import asdict
@@ -184,7 +199,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(summary.line())
-    return 0 if summary.missing == 0 else 1
+    return exit_status(args.stage, summary)
+
+
+def exit_status(stage: str, summary: StageSummary) -> int:
+    """0 for success; 1 (with a line on stderr saying why) when rows went missing or ended as errors
+    the config did not allow (`unallowed_errors`, a count only some stages report)."""
+    if summary.missing:
+        print(f"lamini {stage}: {summary.missing} rows ended neither as output nor as a recorded error", file=sys.stderr)
+        return 1
+    errors = getattr(summary, "unallowed_errors", 0)
+    if errors:
+        print(f"lamini {stage}: {errors} rows ended as errors (see the run's dataset/errors.parquet); re-run to retry "
+              "them, or set allow_errors: true to accept them", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -119,16 +119,59 @@ class OpenAITeacherConfig(StrictModel):
     backoff_max_s: float = Field(60.0, gt=0, description="Longest single backoff (Retry-After is honoured up to this).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (connect + read).")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON fields sent with every request.")
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers sent with every request (OpenAI-Organization, HTTP-Referer, ...). A value "
+        "written ${VAR} is read from that environment variable: a secret header never goes in a config.",
+    )
+    input_tokens_per_minute: float | None = Field(
+        None, gt=0, description="Prompt-token rate limit for the whole run, for providers that limit input and output apart."
+    )
+    output_tokens_per_minute: float | None = Field(
+        None, gt=0, description="Completion-token rate limit for the whole run (max_tokens is reserved, the unused part given back)."
+    )
+    adapt_to_rate_limit_headers: bool = Field(
+        True, description="Pause sending while the server's x-ratelimit-remaining-requests/-tokens headers say 0 "
+        "(or fewer tokens than a request needs), until their x-ratelimit-reset-* time.",
+    )
     price_per_1m_prompt_tokens: float | None = Field(None, ge=0, description="USD per 1M prompt tokens, for the cost estimate.")
     price_per_1m_completion_tokens: float | None = Field(
         None, ge=0, description="USD per 1M completion tokens, for the cost estimate."
     )
+    # Fail fast (lamini.engines.http_guards.Breaker): a run against a dead endpoint, a rejected
+    # key or an unknown model stops at once instead of sending every row through every retry.
+    fail_fast_after: int = Field(
+        5, ge=1, description="Stop the run after this many requests in a row fail in a way no retry mends: "
+        "connection refused or unresolvable (until a first success), key rejected (401/403), model or URL unknown (404).",
+    )
+    max_error_rate: float | None = Field(
+        0.5, gt=0, le=1, description="Stop the run when more than this fraction of the last `error_rate_window` rows "
+        "(per teacher actor) ended as errors after their retries. None: never stop for the error rate.",
+    )
+    error_rate_window: int = Field(100, ge=1, description="Rows per teacher actor over which max_error_rate is measured.")
 
     @model_validator(mode="after")
     def _azure_needs_api_version(self) -> "OpenAITeacherConfig":
         if self.api_type == "azure" and not self.api_version:
             raise ValueError("api_type 'azure' needs api_version (the api-version query parameter)")
         return self
+
+
+class OpenAIBatchTeacherConfig(OpenAITeacherConfig):
+    """The OpenAI Batch API (half the chat price, answers within `completion_window`): rows go up
+    as JSONL files, one request per row with custom_id = row id (lamini.runs.batch_api). For
+    `lamini responses`; the chat settings (model, base_url, key, prices, headers) are shared."""
+
+    engine: Literal["openai_batch"] = "openai_batch"  # type: ignore[assignment]
+    max_requests_per_batch: int = Field(50_000, ge=1, le=50_000, description="Rows per batch (the API allows 50,000).")
+    completion_window: str = Field("24h", description="The Batch API's completion_window.")
+    poll_s: float = Field(30.0, gt=0, description="Seconds between looks at a batch in progress.")
+    batch_price_factor: float = Field(
+        0.5, gt=0, le=1, description="Batch price as a fraction of the chat prices (price_per_1m_*): 0.5 at OpenAI."
+    )
+    max_resubmits: int = Field(
+        3, ge=0, description="Times a row that expired or failed transiently (429/5xx) is sent again in a new batch."
+    )
 
 
 class HFTeacherConfig(StrictModel):
@@ -184,7 +227,8 @@ def _engine_key(v: Any) -> Any:
 
 
 TeacherConfig = Annotated[
-    Annotated[Union[OpenAITeacherConfig, HFTeacherConfig, VLLMTeacherConfig], Field(discriminator="engine")],
+    Annotated[Union[OpenAITeacherConfig, OpenAIBatchTeacherConfig, HFTeacherConfig, VLLMTeacherConfig],
+              Field(discriminator="engine")],
     BeforeValidator(_engine_key),
 ]
 
@@ -231,6 +275,18 @@ class RayInitConfig(StrictModel):
     temp_dir: str | None = Field(None, description="Ray's session/temp folder for a local Ray.")
 
 
+class TeacherBudget(StrictModel):
+    """Caps on what a teacher run directory may spend, over all its runs (lamini.runs.budget).
+    Each attempt reserves its largest possible cost before it is sent, so no cap is ever passed;
+    rows the budget cannot cover are left unsent (a later run with a larger cap sends them)."""
+
+    max_requests: int | None = Field(None, ge=1, description="Most requests sent, retries included.")
+    max_tokens: int | None = Field(None, ge=1, description="Most prompt + completion tokens.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Most US dollars at the teacher's price_per_1m_* prices (they must be set)."
+    )
+
+
 class ResponsesConfig(StrictModel):
     """`lamini responses`: teacher responses for whole corpora (paper section 3.2)."""
 
@@ -246,8 +302,26 @@ class ResponsesConfig(StrictModel):
     retry_errors: bool = Field(
         True, description="On resume, send again the rows whose earlier attempt ended in an error."
     )
+    allow_errors: bool = Field(
+        False, description="Exit 0 even when some rows end as recorded errors (by default such a run exits 1)."
+    )
+    budget: TeacherBudget = Field(
+        default_factory=TeacherBudget, description="Caps on requests, tokens and cost (HTTP teachers only)."
+    )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
+
+    @model_validator(mode="after")
+    def _budget_needs_an_http_teacher(self) -> "ResponsesConfig":
+        b = self.budget
+        if (b.max_requests, b.max_tokens, b.max_cost_usd) == (None, None, None):
+            return self
+        if self.teacher.engine != "openai":
+            raise ValueError("budget caps apply to the chat HTTP teacher (engine: openai) only")
+        t = self.teacher
+        if b.max_cost_usd is not None and t.price_per_1m_prompt_tokens is None and t.price_per_1m_completion_tokens is None:
+            raise ValueError("budget.max_cost_usd needs the teacher's price_per_1m_prompt_tokens / _completion_tokens")
+        return self
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -288,12 +362,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def yaml_error_line(path: str, e: Exception) -> str:
+    """A YAML parse error as one line, `path:line:column: problem (context)`, instead of the
+    parser's multi-line report with a caret drawing (1-based line and column, as editors count)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
+
+
 def load_config(cls: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read YAML at `path` (relative paths inside stay relative to the CWD), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(yaml_error_line(str(path), e)) from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

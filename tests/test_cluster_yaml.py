@@ -43,6 +43,7 @@ def test_nodes_install_lamini_from_the_synced_repository(tmp_path):
 
     cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     assert cfg["file_mounts"] == {"~/lamini": "."}
+    assert (ROOT / "." / "pyproject.toml").exists()  # `ray up` runs from the repository root
     commands = cfg["setup_commands"] + [c for t in cfg["available_node_types"].values() for c in t.get("worker_setup_commands", [])]
     assert not [c for c in commands if "|| true" in c], commands
     installs = [c for c in commands if '"$HOME/lamini[' in c]

@@ -491,10 +491,10 @@ def test_bad_array_element_both_policies(case, tmp_path):
     p = _array_with_bad_element_on_line_3(tmp_path, bad)  # elements start on lines 2, 3, 4, 5
     with pytest.raises(CorpusError) as e:
         read("alpaca", p)
-    assert str(e.value) == f"{p}:4: {reason}"
+    assert str(e.value) == f"{p}:4: element 2: {reason}"
     table, rejects = read("alpaca", p, on_error="skip")
     assert table["instruction"].to_pylist() == ["Say hi", "Say yo", "Say ok"]
-    assert [(r.line, r.reason) for r in rejects] == [(4, reason)]
+    assert [(r.line, r.element, r.reason) for r in rejects] == [(4, 2, reason)]
     assert rejects.count + table.num_rows == 4
 
 
@@ -532,8 +532,9 @@ def test_streaming_array_is_chunk_size_independent(chunk):
         (3, None, "malformed JSON: Expecting value (line 3, column 19)"),
         (3, {"d": "\u2603"}, None),
     ]
-    got = [(el.line, el.value, el.error) for el in iter_json_array(io.BytesIO(text), chunk_chars=chunk)]
-    assert got == expected
+    els = list(iter_json_array(io.BytesIO(text), chunk_chars=chunk))
+    assert [(el.line, el.value, el.error) for el in els] == expected
+    assert [el.index for el in els] == list(range(len(expected)))
     # One long line (as alpaca_5000.json is): the column still counts from the start of the file.
     one_line = b'[' + b'"abcdefgh", ' * 20 + b'{"x": tru}]'
     errors = [el.error for el in iter_json_array(io.BytesIO(one_line), chunk_chars=chunk) if el.error]
@@ -560,7 +561,7 @@ def test_empty_file_both_policies(fmt, name, content, reason, tmp_path):
     with pytest.raises(CorpusError) as e:
         read(fmt, p)
     assert (e.value.line, e.value.reason) == (None, reason)
-    assert str(e.value) == f"{p}:None: {reason}"
+    assert str(e.value) == f"{p}: {reason}"  # a whole-file error has no line to show
     table, rejects = read(fmt, p, on_error="skip")
     assert table.num_rows == 0 and [(r.file, r.line, r.reason) for r in rejects] == [(str(p), None, reason)]
 
@@ -607,7 +608,7 @@ def test_reject_log_table_truncation_and_write(tmp_path):
     assert log.count == 4
     assert log.by_reason() == {"malformed JSON: Expecting value": 2, "empty file": 1, "duplicate": 1}
     t = log.to_table()
-    assert t.column_names == ["file", "line", "reason", "raw"]
+    assert t.column_names == ["file", "line", "reason", "raw", "element"]
     assert t["line"].to_pylist() == [3, None, 9, 10]
     assert len(t["raw"][0].as_py()) == RAW_MAX_CHARS and t["raw"][1].as_py() == "\\xff"
     out = tmp_path / "deep" / "rejects.jsonl"
@@ -620,6 +621,34 @@ def test_reject_log_table_truncation_and_write(tmp_path):
     with fsspec.open("memory://rejects/run1.jsonl", "r") as f:
         assert len(f.read().splitlines()) == 4
     fsspec.filesystem("memory").rm("/rejects", recursive=True)
+
+
+def test_one_line_array_rejects_name_the_element_index(tmp_path):
+    """What `json.dump` writes: the whole array on line 1, so the index is what finds a bad element;
+    it reaches the CorpusError, the reject log and the duplicate rejects alike."""
+    elements = [{"instruction": "a"}, {"instruction": 7}, {"instruction": "b"}, {"output": "x"}, {"instruction": "a"}]
+    p = tmp_path / "dumped.json"
+    p.write_text(json.dumps(elements))
+    with pytest.raises(CorpusError) as e:
+        read("alpaca", p)
+    assert (e.value.line, e.value.element) == (1, 1)
+    assert str(e.value) == f"{p}:1: element 1: field 'instruction' must be a string, got int"
+    table, rejects = read("alpaca", p, on_error="skip")
+    assert table["instruction"].to_pylist() == ["a", "b"]
+    assert [(r.line, r.element, r.reason.split(" of ")[0]) for r in rejects] == [
+        (1, 1, "field 'instruction' must be a string, got int"),
+        (1, 3, "missing required field 'instruction'"),
+        (1, 4, "duplicate"),
+    ]
+    out = tmp_path / "rejects.jsonl"
+    rejects.write(str(out))
+    assert [json.loads(x)["element"] for x in out.read_text().splitlines()] == [1, 3, 4]
+    assert rejects.to_table()["element"].to_pylist() == [1, 3, 4]
+    # JSON Lines records carry no element index
+    jl = tmp_path / "x.jsonl"
+    jl.write_text('{"instruction": 1}\n')
+    _, rejects = read("generic", jl, on_error="skip")
+    assert [(r.line, r.element) for r in rejects] == [(1, None)]
 
 
 def test_reject_log_empty_table():

@@ -62,12 +62,20 @@ def _kill_tree(pid: int) -> None:
 
 
 def _done_ids(run_dir: Path) -> set[str]:
+    """Rows a killed run left answered: in its shards, and in its teacher actors' journals
+    (lamini.runs.journal: rows answered in blocks the kill cut short)."""
     ids: set[str] = set()
     for p in run_dir.rglob("shards/*.parquet"):
         try:
             ids |= set(pq.read_table(p, columns=["id"]).column("id").to_pylist())
         except Exception:
             pass  # a shard cut by the kill: the resume sets it aside
+    for p in run_dir.rglob("journal/*.jsonl"):
+        for line in p.read_bytes().splitlines():
+            try:
+                ids.add(json.loads(line)["r"]["id"])
+            except (ValueError, KeyError):
+                pass  # an attempt line, or the line the kill cut
     return ids
 
 

@@ -152,6 +152,16 @@ def test_expected_key_rejects_others():
         assert "sk-right" not in json.dumps(stats)  # the server never echoes the key
 
 
+def test_known_models_answer_others_with_openais_404(fake_openai):
+    fake_openai.configure(known_models=["gpt-real"])
+    assert _post(fake_openai, {**_chat("a"), "model": "gpt-real"})[0] == 200
+    status, _, body = _post(fake_openai, _chat("b"))  # model "fake-model"
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "fake-model" in body["error"]["message"]
+    assert fake_openai.stats()["faults"] == {"unknown_model": 1}
+    fake_openai.configure(known_models=None)
+    assert _post(fake_openai, _chat("c"))[0] == 200
+
+
 def test_latency_overlaps_and_max_concurrent():
     with FakeOpenAIServer(latency_s=0.3) as srv:
         socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(5)]

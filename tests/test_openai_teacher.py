@@ -7,12 +7,14 @@ import email.utils
 import json
 import logging
 import pickle
+import socket
 import time
 
 import pytest
 
 from lamini.config import OpenAITeacherConfig
 from lamini.engines import make_engine
+from lamini.engines.abort import RunAborted
 from lamini.engines.base import ChatRequest
 from lamini.engines.openai_http import OpenAIEngine, TokenBucket, parse_retry_after
 from lamini.testing.fake_openai import FakeOpenAIServer
@@ -262,3 +264,151 @@ def test_parse_retry_after():
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 28 <= parse_retry_after({"retry-after": later}) <= 30
     assert parse_retry_after({"retry-after": email.utils.formatdate(time.time() - 60, usegmt=True)}) == 0.0
+
+
+# ------------------------------------------------------------------ fail fast
+
+
+def refused_url() -> str:
+    """A loopback port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_refused_endpoint_stops_the_run(http_client):
+    cfg = OpenAITeacherConfig(model="m", base_url=refused_url(), http_client=http_client, api_key_env=KEY_ENV,
+                              max_retries=6, backoff_base_s=0.01, backoff_max_s=0.05, fail_fast_after=3, max_in_flight=2)
+    t = OpenAIEngine(cfg)
+    with pytest.raises(RunAborted) as e:
+        run(t, [req(f"r{i}") for i in range(50)])  # without the breaker: 50 rows x 7 attempts, then 50 errors
+    msg = str(e.value)
+    assert "3 requests in a row" in msg and "failed with connection" in msg and "is the server up" in msg
+    assert cfg.base_url in msg
+
+
+def test_refusal_after_a_success_is_retried_not_fatal(http_client):
+    """A server that answered once and then goes away is likely restarting: rows end as errors, the run goes on."""
+    srv = FakeOpenAIServer().start()
+    t = teacher(srv, http_client, fail_fast_after=1, max_error_rate=None, max_retries=1, max_in_flight=1)
+    try:
+        (first,) = t.generate([req("hello")])
+        assert first.ok
+        srv.stop()
+        results = t.generate([req(f"gone {i}") for i in range(4)])
+    finally:
+        t.close()
+        srv.stop()
+    assert [r.error_kind for r in results] == ["connection"] * 4
+
+
+def test_rejected_key_stops_after_k_requests_in_a_row(monkeypatch, http_client):
+    monkeypatch.setenv(KEY_ENV, SENTINEL)
+    with FakeOpenAIServer(expected_api_key="sk-the-right-one") as srv:
+        t = teacher(srv, http_client, fail_fast_after=3, max_in_flight=1)
+        with pytest.raises(RunAborted) as e:
+            run(t, [req(f"k{i}") for i in range(40)])
+        stats = srv.stats()
+    # one request at a time: the third 401 stops it, and nothing more is sent
+    assert stats["total_requests"] == 3 and stats["auth_mismatched"] == 3
+    msg = str(e.value)
+    assert "failed with http_401" in msg and f"${KEY_ENV}" in msg and SENTINEL not in msg
+
+
+def test_a_401_between_successes_is_one_rows_error(fake_openai, http_client):
+    t = teacher(fake_openai, http_client, fail_fast_after=2, max_in_flight=1)
+    prompts = [f"a{i} [fault:401]" if i % 2 else f"a{i}" for i in range(10)]
+    results = run(t, [req(p) for p in prompts])
+    assert [r.error_kind for r in results] == [("http_401" if i % 2 else None) for i in range(10)]
+
+
+def test_unknown_model_stops_the_run(fake_openai, http_client):
+    fake_openai.configure(known_models=["gpt-real"])
+    t = teacher(fake_openai, http_client, model="gpt-typo", fail_fast_after=4, max_in_flight=1)
+    with pytest.raises(RunAborted) as e:
+        run(t, [req(f"m{i}") for i in range(40)])
+    assert fake_openai.stats()["total_requests"] == 4
+    assert "http_404" in str(e.value) and "'gpt-typo'" in str(e.value) and "does not exist" in str(e.value)
+
+
+@pytest.mark.parametrize("bad, stops", [(6, True), (5, False)])
+def test_error_rate_over_a_window_stops_the_run(fake_openai, http_client, bad, stops):
+    """A 503 is one row's trouble, but when more than max_error_rate of the last error_rate_window
+    rows end as errors the run stops; at the limit exactly it goes on. (No retries and one request
+    at a time, so the rows finish in order.)"""
+    t = teacher(fake_openai, http_client, max_retries=0, max_error_rate=0.5, error_rate_window=10, max_in_flight=1)
+    prompts = [f"w{i}" for i in range(10 - bad)] + [f"w{i} [fault:503]" for i in range(10 - bad, 10)]
+    prompts += [f"later {i}" for i in range(10)]
+    if stops:
+        with pytest.raises(RunAborted, match=r"6 of the last 10 rows ended as errors \(http_503: 6\)"):
+            run(t, [req(p) for p in prompts])
+        assert not any(p.startswith("later") for p in fake_openai.stats()["by_prompt"])
+    else:
+        results = run(t, [req(p) for p in prompts])
+        assert sum(not r.ok for r in results) == bad
+
+
+# ------------------------------------------------------------------ provider fit
+
+
+def test_extra_headers_reach_the_server_and_env_values_stay_secret(monkeypatch, http_client):
+    monkeypatch.setenv("LAMINI_TEST_HEADER_SECRET", SENTINEL)
+    with FakeOpenAIServer() as srv:
+        srv.configure(record_headers=["OpenAI-Organization", "X-Gateway-Key"])
+        t = teacher(srv, http_client, extra_headers={"OpenAI-Organization": "org-lamini",
+                                                     "X-Gateway-Key": "${LAMINI_TEST_HEADER_SECRET}"})
+        shown = [repr(t), json.dumps(t.describe()), repr(vars(t))]
+        (r,) = run(t, [req("with headers [fault:400]")])  # an error message, to check the scrubbing too
+        recorded = srv.stats()["recorded_headers"]
+    assert recorded == {"openai-organization": ["org-lamini"], "x-gateway-key": [SENTINEL]}
+    assert all(SENTINEL not in x for x in shown + [repr(r)])
+    assert t._scrub(f"echo {SENTINEL}") == "echo <redacted>"
+    monkeypatch.delenv("LAMINI_TEST_HEADER_SECRET")
+    with pytest.raises(ValueError, match="LAMINI_TEST_HEADER_SECRET"):
+        teacher(srv, http_client, extra_headers={"X-Gateway-Key": "${LAMINI_TEST_HEADER_SECRET}"})
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_x_ratelimit_headers_pause_sending_until_the_reset(http_client, adapt):
+    """The server allows 4 requests per 2 s window and says so in its headers: a teacher that
+    reads them waits for the reset and never collects a 429; one that does not, does."""
+    with FakeOpenAIServer() as srv:
+        srv.configure(ratelimit_requests=4, ratelimit_window_s=2.0)
+        t = teacher(srv, http_client, max_in_flight=1, max_retries=0, adapt_to_rate_limit_headers=adapt)
+        results = run(t, [req(f"rl {i}") for i in range(10)])
+        stats = srv.stats()
+    if adapt:
+        assert all(r.ok for r in results) and stats["faults"] == {} and stats["total_requests"] == 10
+    else:  # the fifth request of the window is refused (no retries here, so it ends as the row's error)
+        assert stats["faults"].get("ratelimit", 0) >= 1 and any(r.error_kind == "http_429" for r in results)
+
+
+def test_output_token_bucket_reserves_max_tokens_and_refunds_the_rest():
+    async def go():
+        b = TokenBucket(rate=1.0, burst=100.0)  # slow refill: the level is what we took and gave back
+        await b.acquire(100)  # reserve max_tokens
+        b.refund(90)  # only 10 were written
+        return b.level
+
+    assert 90 <= asyncio.run(go()) <= 91
+
+
+def test_parse_reset_reads_openai_durations():
+    from lamini.engines.http_guards import parse_reset
+
+    assert parse_reset("12ms") == 0.012 and parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
+    assert parse_reset("1h2m3.5s") == 3723.5 and parse_reset("0.25") == 0.25
+    assert parse_reset(None) is None and parse_reset("soon") is None
+
+
+def test_input_and_output_token_limits_take_the_prompt_and_keep_only_the_written_tokens(fake_openai, http_client):
+    """Per request the input bucket pays the prompt estimate, the output bucket max_tokens, of
+    which what the answer did not write comes back (the level is only refilled at the next acquire,
+    so after one request it is exactly the burst less what was kept)."""
+    t = teacher(fake_openai, http_client, input_tokens_per_minute=60, output_tokens_per_minute=60, rate_limit_burst_s=100)
+    (r,) = run(t, [req("hi", max_tokens=64)])  # "echo: hi": 2 completion tokens
+    assert r.ok and r.completion_tokens == 2
+    prompt_estimate = (len("be brief") + len("hi")) / 4
+    assert t._itpm.level == 100 - prompt_estimate
+    assert t._otpm.level == 100 - 2

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from conftest import ROOT, shared_data
 
+SENTINEL = "sk-SENTINEL-headonly-4c1d9e"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -94,7 +96,7 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         assert ok.num_rows == n_seed_rows == len(set(ok.column("id").to_pylist()))
         stats = fake_openai.stats()
         assert stats["requests"] == n_seed_rows
-        assert stats["auth_matched"] == n_seed_rows  # every request carried the key from `ray start`'s env
+        assert stats["auth_matched"] == n_seed_rows and stats["auth_mismatched"] == 0  # every request carried the key from `ray start`'s env
         jobs = subprocess.run([_ray_bin(), "job", "list", f"--address=http://127.0.0.1:{dash_port}"], env=env,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         leaks = [p for p in run_dir.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
@@ -103,6 +105,8 @@ def test_ray_job_submit_end_to_end(fake_openai, tmp_path):
         progress = [line for line in text.splitlines() if "logging_progress" in line]
         assert any(" rows | " in line for line in progress), text[-3000:]
         assert not [line for line in progress if "=====" in line or "Tasks:" in line], progress
+        ray_logs = [p for p in temp_dir.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err", ".json")]
+        assert ray_logs and not [p for p in ray_logs if key.encode() in p.read_bytes()]  # nor in any of Ray's own logs
     finally:
         # Stop only this Ray: every process whose command line names its temp dir or ports.
         # Workers rename themselves (ray::IDLE), so take the descendants of the matches too.

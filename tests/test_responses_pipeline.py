@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -142,19 +142,22 @@ def test_second_run_sends_nothing(ray_local, fake_openai, tmp_path, monkeypatch)
 
 
 def test_kill_and_resume(fake_openai, tmp_path):
-    """SIGKILL the whole run (driver and its local Ray) mid-way; the re-run requests only the
-    rows with no output yet, and the final dataset holds each input row exactly once."""
+    """SIGKILL the whole run (driver and its local Ray) while blocks are half answered; the re-run
+    sends again at most the requests that were in flight (the answered rows of unfinished blocks
+    come back from the actors' journals), the final dataset holds each input row exactly once,
+    and the accounting counts every request the server answered, the lost ones included."""
     alpaca = shared_data("alpaca_5000.json")
-    n_rows = 1200
+    n_rows, actors, in_flight = 1200, 2, 8
     fake_openai.configure(latency_s=0.1)
     run_dir = tmp_path / "run"
     cfg = {
         "run_dir": str(run_dir),
         "corpora": [{"format": "alpaca", "path": str(alpaca), "source": "alpaca"}],
         "limit": n_rows,
-        "teacher": _openai_teacher(fake_openai.url, max_in_flight=8),
+        "teacher": _openai_teacher(fake_openai.url, max_in_flight=in_flight, price_per_1m_prompt_tokens=2.0,
+                                   price_per_1m_completion_tokens=8.0),
         "generation": {"max_tokens": 8},
-        "pipeline": {"batch_size": 8, "rows_per_block": 40, "max_actors": 1, "max_tasks_in_flight_per_actor": 2},
+        "pipeline": {"batch_size": 8, "rows_per_block": 200, "min_actors": actors, "max_actors": actors},
         # Ray's socket paths must stay short (a Unix socket path is at most 107 bytes).
         "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-kill-{os.getpid()}"},
     }
@@ -170,42 +173,86 @@ def test_kill_and_resume(fake_openai, tmp_path):
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if len(list(shards.glob("*.parquet"))) >= 3:
+            if fake_openai.stats()["total_requests"] >= 300:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "first_run.log").read_text()[-3000:]
         kill_all([proc.pid, *descendants(proc.pid)])
         proc.wait(timeout=30)
     finally:
         kill_all([proc.pid, *descendants(proc.pid)])
 
-    # What survived the kill: readable shards (a half-written one is set aside by the re-run).
-    done_ids = set()
+    # What the shards alone held at the kill: far fewer rows than the server had answered, so
+    # resuming from shards alone would send hundreds again (what this test guards against).
+    in_shards = set()
     for p in shards.glob("*.parquet"):
         try:
-            done_ids |= set(pq.read_table(p, columns=["id"]).column("id").to_pylist())
+            in_shards |= set(pq.read_table(p, columns=["id"]).column("id").to_pylist())
         except Exception:
             pass
-    assert 0 < len(done_ids) < n_rows
     before = fake_openai.stats()
+    assert before["total_requests"] - len(in_shards) > actors * in_flight
+    assert list((run_dir / "journal").glob("*.jsonl"))
     fake_openai.reset_stats()
 
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "responses: 1200 input rows | 1200 ok" in second.stdout
+    assert f"responses: {n_rows} input rows | {n_rows} ok" in second.stdout
 
     after = fake_openai.stats()
-    assert after["requests"] == n_rows - len(done_ids)
+    sent = before["total_requests"] + after["total_requests"]
+    assert n_rows <= sent <= n_rows + actors * in_flight, (before["total_requests"], after["total_requests"])
     ok, err = _read_final(run_dir)
     assert err.num_rows == 0
     ids = ok.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == n_rows
-    # No prompt answered before the kill was asked again.
-    answered_before = set(
-        ok.filter(pc.is_in(ok.column("id"), value_set=pa.array(sorted(done_ids)))).column("instruction").to_pylist()
-    )
-    assert not answered_before & set(after["by_prompt"])
-    assert before["requests"] >= len(done_ids)
+    assert not list((run_dir / "journal").glob("*.jsonl"))  # folded into the shards
+
+    # Every request the server saw is counted (a write-ahead line precedes each), and the cost
+    # covers every token the server billed: the answers we never read are priced at their maximum.
+    m = json.loads((run_dir / "manifest.json").read_text())
+    print(f"kill test: server saw {before['total_requests']} + {after['total_requests']} = {sent} requests for {n_rows} rows "
+          f"(in shards at the kill: {len(in_shards)}); manifest requests {m['counts']['requests']} "
+          f"({m['counts']['unsettled_requests']} unanswered)")
+    assert sent <= m["counts"]["requests"] <= sent + actors * in_flight
+    served = {k: before["usage_served"][k] + after["usage_served"][k] for k in ("prompt_tokens", "completion_tokens")}
+    t = m["tokens"]
+    assert t["prompt"] + t["unsettled_prompt_max"] >= served["prompt_tokens"]
+    assert t["completion"] + t["unsettled_completion_max"] >= served["completion_tokens"]
+    assert m["estimated_cost_usd"] >= round((2.0 * served["prompt_tokens"] + 8.0 * served["completion_tokens"]) / 1e6, 6)
+
+
+def test_budget_caps_are_never_passed_and_the_rest_is_left_unsent(ray_local, fake_openai, tmp_path, monkeypatch):
+    """max_requests / max_cost_usd hold over all runs of a run directory; rows the budget cannot
+    cover are left unsent (not errors, not missing), and a run with a larger cap sends them."""
+    from lamini.generate.responses import run_responses
+
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "unused")
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(80)])
+    teacher = _openai_teacher(fake_openai.url, price_per_1m_prompt_tokens=2.0, price_per_1m_completion_tokens=8.0)
+
+    def cfg(run: str, **budget) -> ResponsesConfig:
+        return ResponsesConfig.model_validate(
+            {"run_dir": str(tmp_path / run), "corpora": [{"format": "generic", "path": str(src)}], "teacher": teacher,
+             "generation": {"max_tokens": 16}, "budget": budget,
+             "pipeline": {"batch_size": 8, "rows_per_block": 20, "max_actors": 2}}
+        )  # fmt: skip
+
+    s = run_responses(cfg("r", max_requests=30))
+    assert fake_openai.stats()["total_requests"] == s.requests == s.ok == 30
+    assert (s.budget_exhausted, s.unsent, s.missing, s.errors) == ("max_requests", 50, 0, 0)
+    assert "budget max_requests reached: 50 rows left unsent" in s.line()
+    again = run_responses(cfg("r", max_requests=30))  # spent already: nothing goes out
+    assert fake_openai.stats()["total_requests"] == 30 and (again.sent, again.unsent) == (0, 50)
+    more = run_responses(cfg("r", max_requests=80))  # the cap counts the first run's 30
+    assert fake_openai.stats()["total_requests"] == 80 and (more.ok, more.unsent, more.budget_exhausted) == (80, 0, None)
+
+    fake_openai.reset_stats()
+    c = run_responses(cfg("c", max_cost_usd=0.004))
+    assert c.budget_exhausted == "max_cost_usd" and 0 < c.ok < 80 and c.ok + c.unsent == 80
+    assert c.cost_usd <= 0.004
+    served = fake_openai.stats()["usage_served"]  # what the server billed, by its own count
+    assert (2.0 * served["prompt_tokens"] + 8.0 * served["completion_tokens"]) / 1e6 <= 0.004
 
 
 def test_every_config_in_configs_loads():
@@ -317,3 +364,158 @@ def test_skipped_bad_rows_reach_rejects_summary_and_manifest(ray_local, fake_ope
     ok, err = _read_final(tmp_path / "all_bad")
     assert (s.input_rows, s.rejects, ok.num_rows, err.num_rows) == (0, 2, 0, 0)
     assert ok.column_names[:3] == ["instruction", "response", "instruction_source"]
+
+
+# ------------------------------------------------------------------ the command line: errors and exit status
+
+
+def _cli(tmp_path: Path, cfg: dict, *extra: str, key: str = "unused", timeout: int = 240):
+    """`lamini responses` in a subprocess with its own local Ray, as a user runs it."""
+    cfg = {"ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-cli-{os.getpid()}"}, **cfg}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, LAMINI_TEST_API_KEY=key, RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "lamini.cli", "responses", "--config", str(path), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.parametrize("fault", ["refused", "401", "404"])
+def test_cli_stops_at_once_on_a_dead_endpoint_bad_key_or_unknown_model(fault, fake_openai, tmp_path):
+    """Exit 3 with one line saying why, after at most fail_fast_after + max_in_flight requests
+    (the ones already in flight), instead of sending all 200 rows through all their retries."""
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(200)])
+    url = _refused_url() if fault == "refused" else fake_openai.url
+    if fault == "401":
+        fake_openai.configure(expected_api_key="sk-the-right-one")
+    if fault == "404":
+        fake_openai.configure(known_models=["gpt-real"])
+    teacher = _openai_teacher(url, max_in_flight=4, fail_fast_after=3, model="gpt-typo")
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}], "teacher": teacher,
+           "pipeline": {"batch_size": 8, "rows_per_block": 20, "max_actors": 1}}
+    out = _cli(tmp_path, cfg, key=SENTINEL)
+    assert out.returncode == 3, out.stderr[-3000:]
+    lines = [x for x in out.stderr.splitlines() if x.startswith("lamini responses: stopped:")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    want = {"refused": "failed with connection", "401": "failed with http_401", "404": "'gpt-typo'"}[fault]
+    assert want in lines[0] and "Traceback" not in out.stderr and SENTINEL not in out.stderr + out.stdout
+    if fault != "refused":
+        assert 3 <= fake_openai.stats()["total_requests"] <= 3 + 4
+
+
+def test_cli_exit_status_says_whether_errors_are_allowed(fake_openai, tmp_path):
+    """Rows that end as errors make the run exit 1 (with a line saying so) unless allow_errors."""
+    rows = [{"instruction": f"Say {i}." + (" [fault:503]" if i % 10 == 0 else "")} for i in range(30)]
+    src = _write_rows(tmp_path / "qs.jsonl", rows)
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
+           "teacher": _openai_teacher(fake_openai.url, max_retries=1), "pipeline": {"rows_per_block": 10}}
+    first = _cli(tmp_path, cfg)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "27 ok | 3 errors (http_503: 3)" in first.stdout
+    assert "lamini responses: 3 rows ended as errors" in first.stderr and "allow_errors" in first.stderr
+    second = _cli(tmp_path, cfg, "--set", "allow_errors=true")  # the 3 are retried, fail again, and are accepted
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "27 ok | 3 errors" in second.stdout and "sent 3 this run" in second.stdout
+
+
+def test_cli_yaml_syntax_error_is_one_line(tmp_path):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("run_dir: runs/x\ncorpora:\n  - format: alpaca\n    path: [unclosed\nteacher: {engine: hf}\n")
+    out = subprocess.run([sys.executable, "-m", "lamini.cli", "responses", "--config", str(cfg)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"lamini responses: error: {cfg}:5:") and "YAML syntax error" in out.stderr
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_130(fake_openai, tmp_path):
+    """SIGINT to the process group (what a terminal's Ctrl-C does) mid-run."""
+    fake_openai.configure(latency_s=0.5)
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(400)])
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
+           "teacher": _openai_teacher(fake_openai.url, max_in_flight=4),
+           "pipeline": {"batch_size": 8, "rows_per_block": 40, "max_actors": 1},
+           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-int-{os.getpid()}"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lamini.cli", "responses", "--config", str(path)], cwd=ROOT,
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and fake_openai.stats()["total_requests"] == 0:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_all([proc.pid, *descendants(proc.pid)])
+    assert proc.returncode == 130, err[-3000:]
+    assert "lamini responses: interrupted; re-run the same command to resume" in err
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_ray_datas_non_interactive_progress_block_becomes_one_line():
+    """Ray Data's own logging functions, as its LoggingExecutionProgressManager.refresh calls them."""
+    import logging
+
+    from ray.data._internal.progress import logging_progress as lp
+
+    from lamini.runs.progress_log import RAY_PROGRESS_LOGGER as PROGRESS_LOGGER
+    from lamini.runs.progress_log import install_compact_progress
+
+    install_compact_progress()
+    install_compact_progress()  # once per process, however often Ray is initialised
+    assert len(logging.getLogger(PROGRESS_LOGGER).filters) == 1
+    seen: list[str] = []
+
+    class Keep(logging.Handler):  # on the logger itself: Ray Data's loggers do not propagate to the root
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep(level=logging.INFO)
+    logging.getLogger(PROGRESS_LOGGER).addHandler(keep)
+    for done in (40, 200):
+        first = "======= Running Dataset: dataset_7_0 ======="
+        lp.logger.info(first)
+        lp._log_global_progress(lp._LoggingMetrics("Total Progress", "Active & requested resources: 0.25/2 CPU", done, 200))
+        lp.logger.info("")
+        lp._log_op_or_sub_progress(lp._LoggingMetrics("MapBatches(JournaledUDF)", "Tasks: 2; Actors: 1", done, 200))
+        lp._log_op_or_sub_progress(lp._LoggingMetrics("    - Write", None, done // 2, None))
+        lp.logger.info("=" * len(first))
+    logging.getLogger(PROGRESS_LOGGER).removeHandler(keep)
+    assert seen == [
+        "[dataset_7_0] 40/200 rows | MapBatches(JournaledUDF) 40/200 (actors 1) | Write 20/?",
+        "[dataset_7_0] 200/200 rows | MapBatches(JournaledUDF) 200/200 (actors 1) | Write 100/?",
+    ]
+
+
+def test_cli_progress_in_a_log_is_one_line_per_interval(fake_openai, tmp_path):
+    """A real run with stdout not a terminal and Ray Data's progress on: its report is one line each time."""
+    fake_openai.configure(latency_s=0.05)
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(120)])
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
+           "teacher": _openai_teacher(fake_openai.url, max_in_flight=2),
+           "pipeline": {"batch_size": 4, "rows_per_block": 20, "max_actors": 1},
+           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-prog-{os.getpid()}"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL="1")
+    env.pop("RAY_DATA_DISABLE_PROGRESS_BARS", None)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "lamini.cli", "responses", "--config", str(path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    progress = [x for x in text.splitlines() if "logging_progress" in x and "Progress will be logged" not in x]
+    assert progress, text[-3000:]
+    assert all(" rows | " in x and "| MapBatches(JournaledUDF) " in x for x in progress), progress
+    assert "======= Running Dataset" not in text

@@ -181,7 +181,7 @@ def test_sheets_are_blind_stable_per_instruction_and_import_checks_every_row(tmp
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows[:2])
-    with pytest.raises(CorpusError, match=r"short.csv:None: sheet 2 is incomplete: \d+ responses missing"):
+    with pytest.raises(CorpusError, match=r"short.csv: sheet 2 is incomplete: \d+ responses missing"):
         import_ratings([str(tmp_path / "short.csv")], key)
 
 

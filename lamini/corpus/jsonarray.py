@@ -4,7 +4,8 @@
 at once. Here the array is decoded element by element with ``json.JSONDecoder.raw_decode``
 over a sliding text buffer, so:
 
-* every element carries the 1-based line where it starts (errors point at it);
+* every element carries the 1-based line where it starts and its 0-based index in the array
+  (errors point at both: a file ``json.dump`` wrote is one line, where the line alone says nothing);
 * a malformed element is cut out by a small string- and bracket-aware scanner and reported,
   and the elements after it are still read (``on_error="skip"``);
 * memory is one chunk plus the largest element, not the file.
@@ -34,13 +35,16 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how surrogateescape spells an u
 class Element(NamedTuple):
     """One array element: ``error`` is None and ``value`` is the decoded JSON, or ``error`` says why not.
 
-    ``line`` is None only for errors about the whole file (empty file, empty array).
+    ``line`` is None only for errors about the whole file (empty file, empty array). ``index``
+    is the element's 0-based position in the array (``json.load(f)[index]``); None for errors
+    about the file's structure rather than one element.
     """
 
     line: int | None
     raw: str
     value: Any
     error: str | None
+    index: int | None = None
 
 
 def bad_utf8_reason(raw: str) -> str | None:
@@ -166,9 +170,9 @@ def iter_json_array(stream: IO[bytes], chunk_chars: int = CHUNK_CHARS) -> Iterat
             buf.advance(buf.pos + 1)
             yield Element(None, "[]", None, "empty file (an empty JSON array)")
             break
-        n += 1
         element, delimiter = _next_element(buf)
-        yield element
+        yield element._replace(index=n)
+        n += 1
         if delimiter is None:  # the stream ended inside or right after this element
             if element.error is None:
                 yield Element(buf.line, "", None, "unexpected end of file: the array is not closed with ']'")

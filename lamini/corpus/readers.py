@@ -36,10 +36,10 @@ class _Policy:
         self.on_error = on_error
         self.rejects = rejects
 
-    def bad(self, file: str, line: int | None, reason: str, raw: str) -> None:
+    def bad(self, file: str, line: int | None, reason: str, raw: str, element: int | None = None) -> None:
         if self.on_error == "raise":
-            raise CorpusError(file, line, reason)
-        self.rejects.add(file, line, reason, raw)
+            raise CorpusError(file, line, reason, element)
+        self.rejects.add(file, line, reason, raw, element)
 
 
 def _raw_of(record: Record) -> str:
@@ -49,8 +49,8 @@ def _raw_of(record: Record) -> str:
     return json.dumps(record.value, ensure_ascii=False, default=str)
 
 
-def _spec_rows(spec: CorpusSpec, policy: _Policy) -> Iterator[tuple[dict[str, str | None], str, int | None]]:
-    """Every good row of one corpus, in file order, with the file and line it came from."""
+def _spec_rows(spec: CorpusSpec, policy: _Policy) -> Iterator[tuple[dict[str, str | None], Record]]:
+    """Every good row of one corpus, in file order, with the record (file, line, element) it came from."""
     fmt = FORMATS[spec.format]
     source = spec.source or spec.format
     declared = container_for(spec)
@@ -59,12 +59,12 @@ def _spec_rows(spec: CorpusSpec, policy: _Policy) -> Iterator[tuple[dict[str, st
         try:
             container = container_of(file, declared)
         except CorpusError as e:
-            policy.bad(e.file, e.line, e.reason, "")
+            policy.bad(e.file, e.line, e.reason, "", e.element)
             continue
         ctx = FileContext(spec=spec, stem=file.stem)
         for record in iter_records(file, container, columns):
             if record.error is not None:
-                policy.bad(record.file, record.line, record.error, _raw_of(record))
+                policy.bad(record.file, record.line, record.error, _raw_of(record), record.element)
                 continue
             try:
                 parsed = fmt.parse(record.value, ctx)
@@ -83,10 +83,10 @@ def _spec_rows(spec: CorpusSpec, policy: _Policy) -> Iterator[tuple[dict[str, st
                     for p in parsed
                 ]
             except BadRecord as e:
-                policy.bad(record.file, record.line, e.reason, _raw_of(record))
+                policy.bad(record.file, record.line, e.reason, _raw_of(record), record.element)
                 continue
             for row in rows:
-                yield row, record.file, record.line
+                yield row, record
 
 
 def iter_corpora(
@@ -111,10 +111,10 @@ def iter_corpora(
         if limit is not None and total >= limit:
             return
         kept = 0
-        for row, file, line in _spec_rows(spec, policy):
+        for row, record in _spec_rows(spec, policy):
             if row["id"] in seen:
                 raw = json.dumps({"instruction": row["instruction"], "input": row["input"]}, ensure_ascii=False)
-                rejects.add(file, line, f"duplicate of {row['id']}", raw)
+                rejects.add(record.file, record.line, f"duplicate of {row['id']}", raw, record.element)
                 continue
             seen.add(row["id"])
             yield row

@@ -1,7 +1,8 @@
 """The reject log: every input record a reader did not turn into rows, with where and why.
 
 Readers never drop a record silently. With ``on_error="skip"`` a bad record lands here
-(file, 1-based line or None for a whole file, reason, the raw text) and reading goes on;
+(file, 1-based line or None for a whole file, the 0-based element index for a JSON-array
+element, reason, the raw text) and reading goes on;
 duplicates land here whatever ``on_error`` says. The log is written as JSONL next to a run.
 """
 
@@ -24,6 +25,7 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("line", pa.int64()),
         pa.field("reason", pa.string()),
         pa.field("raw", pa.string()),
+        pa.field("element", pa.int64()),  # 0-based index of a JSON-array element; null otherwise
     ]
 )
 
@@ -37,6 +39,7 @@ class Reject:
     line: int | None
     reason: str
     raw: str
+    element: int | None = None
 
 
 def printable(raw: str | bytes | None) -> str:
@@ -72,12 +75,12 @@ class RejectLog:
     def __init__(self) -> None:
         self._items: list[Reject] = []
 
-    def add(self, file: str, line: int | None, reason: str, raw: str | bytes | None) -> None:
+    def add(self, file: str, line: int | None, reason: str, raw: str | bytes | None, element: int | None = None) -> None:
         """Record one rejected record; ``raw`` is truncated to ``RAW_MAX_CHARS`` characters."""
         text = printable(raw)
         if len(text) > RAW_MAX_CHARS:
             text = text[:RAW_MAX_CHARS]
-        self._items.append(Reject(str(file), line, reason, text))
+        self._items.append(Reject(str(file), line, reason, text, element))
 
     @property
     def count(self) -> int:
@@ -94,13 +97,15 @@ class RejectLog:
         return dict(Counter(reason_key(r.reason) for r in self._items).most_common())
 
     def to_table(self) -> pa.Table:
-        """An Arrow table ``file, line, reason, raw`` (line is null for whole-file rejects)."""
+        """An Arrow table ``file, line, reason, raw, element`` (line is null for whole-file rejects,
+        element for anything but a JSON-array element)."""
         return pa.table(
             {
                 "file": [r.file for r in self._items],
                 "line": [r.line for r in self._items],
                 "reason": [r.reason for r in self._items],
                 "raw": [r.raw for r in self._items],
+                "element": [r.element for r in self._items],
             },
             schema=REJECTS_SCHEMA,
         )
@@ -113,7 +118,8 @@ class RejectLog:
             fs.makedirs(parent, exist_ok=True)
         with fs.open(path, "w", encoding="utf-8") as f:
             for r in self._items:
-                f.write(json.dumps({"file": r.file, "line": r.line, "reason": r.reason, "raw": r.raw}, ensure_ascii=False))
+                rec = {"file": r.file, "line": r.line, "element": r.element, "reason": r.reason, "raw": r.raw}
+                f.write(json.dumps(rec, ensure_ascii=False))
                 f.write("\n")
 
     def __repr__(self) -> str:

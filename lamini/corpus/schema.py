@@ -54,17 +54,27 @@ LAMINI_FROM_CORPUS: dict[str, str] = {INSTRUCTION: "prompt", RESPONSE: "response
 class CorpusError(ValueError):
     """A bad input row or file, named by file and 1-based line (``None`` for the whole file).
 
-    ``str(err) == f"{file}:{line}: {reason}"`` so the message points an editor at the spot.
+    ``str(err) == f"{file}:{line}: {reason}"`` so the message points an editor at the spot;
+    a JSON-array element adds its 0-based index (``f"{file}:{line}: element {i}: {reason}"``),
+    since a whole array on one line gives every element line 1; a whole-file error is
+    ``f"{file}: {reason}"``.
     """
 
-    def __init__(self, file: str, line: int | None, reason: str):
+    def __init__(self, file: str, line: int | None, reason: str, element: int | None = None):
         self.file = file
         self.line = line
         self.reason = reason
-        super().__init__(f"{file}:{line}: {reason}")
+        self.element = element
+        super().__init__(f"{where(file, line, element)}: {reason}")
 
-    def __reduce__(self):  # keep the three attributes when pickled across Ray workers
-        return (type(self), (self.file, self.line, self.reason))
+    def __reduce__(self):  # keep the attributes when pickled across Ray workers
+        return (type(self), (self.file, self.line, self.reason, self.element))
+
+
+def where(file: str, line: int | None, element: int | None = None) -> str:
+    """``file:line``, ``file:line: element i`` (a JSON-array element) or ``file`` (the whole file)."""
+    at = file if line is None else f"{file}:{line}"
+    return at if element is None else f"{at}: element {element}"
 
 
 class BadRecord(Exception):

@@ -46,7 +46,8 @@ class Record:
     """One raw record of a file: ``value`` when it decoded, else ``error`` (the reason) and ``value=None``.
 
     ``line`` is 1-based (the row number for Parquet); None for an error about the whole file.
-    ``raw`` is the record's text as read, for the reject log.
+    ``raw`` is the record's text as read, for the reject log. ``element`` is the 0-based index
+    of a JSON-array element (None for other containers).
     """
 
     file: str
@@ -54,6 +55,7 @@ class Record:
     raw: str
     value: Any = None
     error: str | None = None
+    element: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +209,7 @@ def _iter_json(file: SourceFile) -> Iterator[Record]:
         return
     with file.open() as f:
         for el in iter_json_array(f):
-            yield Record(file.display, el.line, el.raw, el.value, el.error)
+            yield Record(file.display, el.line, el.raw, el.value, el.error, el.index)
 
 
 def _iter_csv(file: SourceFile) -> Iterator[Record]:

@@ -18,6 +18,10 @@ ENGINES: dict[str, EngineInfo] = {
     "openai": EngineInfo(
         "openai", engine="lamini.engines.openai_http:OpenAIEngine", stage="lamini.engines.actors:apply_teacher", io_bound=True
     ),
+    # The Batch API: answer_table sends it through lamini.runs.batch_api, not a Ray Data stage.
+    "openai_batch": EngineInfo(
+        "openai_batch", engine="lamini.engines.openai_http:OpenAIEngine", stage="lamini.runs.batch_api:answer_with_batches",
+    ),
     "hf": EngineInfo(
         "hf", engine="lamini.engines.hf_local:HFEngine", stage="lamini.engines.actors:apply_teacher",
         student_stage="lamini.engines.actors:apply_hf",

@@ -118,8 +118,11 @@ def apply_engine(
     label_column: str = "teacher",
     io_bound: bool = False,
     secrets: dict[str, Secret] | None = None,
+    udf: type | None = None,
+    udf_kwargs: dict[str, Any] | None = None,
 ):
-    """Map `ds` (needs `prompt`) through the engine `factory` builds, on an autoscaling actor pool."""
+    """Map `ds` (needs `prompt`) through the engine `factory` builds, on an autoscaling actor pool.
+    `udf` replaces the default UDF class (a subclass of it, with `udf_kwargs` for its constructor)."""
     from ray.data import ActorPoolStrategy
 
     compute = ActorPoolStrategy(
@@ -130,9 +133,10 @@ def apply_engine(
     )
     kwargs: dict[str, Any] = {"num_gpus": pool.num_gpus} if pool.num_gpus else {}
     return ds.map_batches(
-        AsyncEngineUDF if io_bound else EngineUDF,
+        udf or (AsyncEngineUDF if io_bound else EngineUDF),
         fn_constructor_kwargs=dict(
-            factory=factory, to_request=to_request, label=label, label_column=label_column, secrets=secrets
+            factory=factory, to_request=to_request, label=label, label_column=label_column, secrets=secrets,
+            **(udf_kwargs or {}),
         ),
         batch_size=pool.batch_size,
         batch_format="pyarrow",
@@ -143,10 +147,13 @@ def apply_engine(
 
 
 def apply_teacher(
-    ds, teacher_cfg: TeacherConfig, gen: GenerationParams, system_prompt: str | None, pipeline: PipelineConfig
+    ds, teacher_cfg: TeacherConfig, gen: GenerationParams, system_prompt: str | None, pipeline: PipelineConfig,
+    udf: type | None = None,
+    udf_kwargs: dict[str, Any] | None = None,
 ):
     """Map `ds` (needs `prompt`) through the teacher (openai or hf; a judge is a teacher config too)
-    on an autoscaling actor pool sized by `pipeline`."""
+    on an autoscaling actor pool sized by `pipeline`. `udf`, `udf_kwargs`: as in apply_engine (the
+    run layer passes lamini.runs.journal.JournaledUDF for HTTP teachers)."""
     from lamini.engines import ENGINES, make_engine
 
     io_bound = ENGINES[teacher_cfg.engine].io_bound
@@ -163,12 +170,17 @@ def apply_teacher(
         max_concurrent_calls=concurrent,
     )
     key_env = getattr(teacher_cfg, "api_key_env", None)
-    secrets = {key_env: Secret(os.environ[key_env])} if key_env and os.environ.get(key_env) else {}
+    # The key, and the variables `${VAR}` header values name: secrets the actors need too.
+    from lamini.engines.http_guards import header_env_names
+
+    names = [key_env, *header_env_names(getattr(teacher_cfg, "extra_headers", None) or {})]
+    secrets = {n: Secret(os.environ[n]) for n in names if n and os.environ.get(n)}
     # Whole-run rate limits are split evenly over the largest pool the run may have.
     factory = partial(make_engine, teacher_cfg, 1.0 / pipeline.max_actors)
     to_request = partial(build_request, system_prompt=system_prompt, gen=gen)
     return apply_engine(
-        ds, factory, to_request, teacher_label(teacher_cfg), pool, io_bound=io_bound, secrets=secrets
+        ds, factory, to_request, teacher_label(teacher_cfg), pool, io_bound=io_bound, secrets=secrets,
+        udf=udf, udf_kwargs=udf_kwargs,
     )
 
 

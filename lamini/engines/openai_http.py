@@ -3,6 +3,13 @@
 In: a list of ChatRequest; out: one ChatResult per request, same order. A request that
 still fails after retries comes back with `error` / `error_kind` set; nothing raises.
 
+Fail fast: a `Breaker` (lamini.engines.http_guards) watches every attempt and every finished
+row; when the endpoint is unreachable, the key is rejected or the model unknown
+(cfg.fail_fast_after requests in a row), or too many rows end as errors (cfg.max_error_rate),
+the engine stops sending and raises lamini.engines.abort.RunAborted, which stops the run
+(exit 3). Also there: the x-ratelimit-* pause, extra headers, the prompt-token bound. Hooks
+for the run layer: `agenerate_each` (per-request callbacks, for the journal) and `budget`.
+
 `agenerate` is what a Ray Data async actor awaits, many calls at once on one event loop:
 they share one in-flight semaphore (cfg.max_in_flight), one connection pool and the rate
 limiters. `generate` is the sync wrapper for use outside Ray (a private event loop).
@@ -25,11 +32,20 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 from lamini.config import OpenAITeacherConfig
+from lamini.engines.abort import RunAborted
 from lamini.engines.base import ChatRequest, ChatResult
+from lamini.engines.http_guards import (
+    FATAL_STATUS,
+    Breaker,
+    RateLimitHeaders,
+    prompt_tokens_max,
+    resolve_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,7 @@ class _Failure:
     message: str
     retryable: bool
     retry_after: float | None = None
+    fatal: bool = False  # says the endpoint, key or model is wrong, not this request (see Breaker)
 
 
 class TokenBucket:
@@ -66,6 +83,10 @@ class TokenBucket:
         self.level, self.t = level, now
         if level < 0:
             await asyncio.sleep(-level / self.rate)
+
+    def refund(self, n: float) -> None:
+        """Give back tokens taken but not used (a reservation larger than the use)."""
+        self.level = min(self.burst, self.level + n)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -110,7 +131,7 @@ def _status_failure(status: int, headers: Any, body: bytes | str) -> _Failure:
     except (ValueError, KeyError, TypeError):
         pass
     retry_after = parse_retry_after(headers) if retryable else None
-    return _Failure(f"http_{status}", f"HTTP {status}: {detail}", retryable, retry_after)
+    return _Failure(f"http_{status}", f"HTTP {status}: {detail}", retryable, retry_after, fatal=status in FATAL_STATUS)
 
 
 def _parse_completion(data: Any) -> ChatResult | _Failure:
@@ -131,6 +152,9 @@ def _parse_completion(data: Any) -> ChatResult | _Failure:
     return ChatResult(text=text, finish_reason=finish, prompt_tokens=pt, completion_tokens=ct)
 
 
+parse_completion = _parse_completion  # public name: the Batch API backend reads the same bodies
+
+
 class _LoopState:
     """What must belong to one event loop: the semaphore and the HTTP client (with its pool)."""
 
@@ -138,6 +162,7 @@ class _LoopState:
         self.loop = loop
         self.sem = asyncio.Semaphore(max_in_flight)
         self.client = client  # aiohttp.ClientSession or openai.AsyncOpenAI
+        self.stop = asyncio.Event()  # set when the Breaker trips: backoff sleeps end at once
 
 
 class OpenAIEngine:
@@ -161,6 +186,9 @@ class OpenAIEngine:
             )
         # A closure, not a plain attribute, so vars(teacher) and anything printing it never show the key.
         self._key = lambda: key
+        headers, header_secrets = resolve_headers(cfg.extra_headers)
+        self._headers = lambda: headers  # a closure too: ${VAR} values may be secrets
+        self._secrets = lambda: [x for x in (key, *header_secrets) if x]
         base = cfg.base_url.rstrip("/")
         if cfg.api_type == "azure":
             self._url = (f"{base}/openai/deployments/{quote(cfg.model, safe='')}/chat/completions"
@@ -177,7 +205,17 @@ class OpenAIEngine:
             if cfg.requests_per_minute else None
         self._tpm = TokenBucket(cfg.tokens_per_minute * share / 60, cfg.tokens_per_minute * share / 60 * burst) \
             if cfg.tokens_per_minute else None
+        # Providers that count prompt and completion tokens apart (input / output tokens per minute).
+        self._itpm = TokenBucket(cfg.input_tokens_per_minute * share / 60,
+                                 cfg.input_tokens_per_minute * share / 60 * burst) if cfg.input_tokens_per_minute else None
+        self._otpm = TokenBucket(cfg.output_tokens_per_minute * share / 60,
+                                 cfg.output_tokens_per_minute * share / 60 * burst) if cfg.output_tokens_per_minute else None
+        self._rl = RateLimitHeaders() if cfg.adapt_to_rate_limit_headers else None
         self._rng = random.Random()
+        self.breaker = Breaker(cfg)
+        # Set by the run layer (lamini.runs.budget.BudgetClient) when the run has budget caps:
+        # every attempt first reserves its largest possible cost, and is not sent if it cannot.
+        self.budget: Any = None
         self._state: _LoopState | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._send = self._send_aiohttp if cfg.http_client == "aiohttp" else self._send_openai
@@ -207,11 +245,43 @@ class OpenAIEngine:
         }
 
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        """Send every request (bounded by the shared semaphore and rate limits); results in order."""
+        """Send every request (bounded by the shared semaphore and rate limits); results in order.
+
+        Raises RunAborted once the Breaker has tripped (see the module docstring)."""
+        self._check_breaker()
         state = self._ensure_state()
         if len(requests) == 1:
-            return [await self._one(state, requests[0])]
-        return list(await asyncio.gather(*(self._one(state, r) for r in requests)))
+            results = [await self._one(state, requests[0])]
+        else:
+            results = list(await asyncio.gather(*(self._one(state, r) for r in requests)))
+        self._check_breaker()
+        return results
+
+    async def agenerate_each(
+        self,
+        requests: list[ChatRequest],
+        on_result: Callable[[int, ChatResult], None],
+        on_attempt: Callable[[int], None] | None = None,
+    ) -> list[ChatResult]:
+        """agenerate, telling the caller about each request as it happens (lamini.runs.journal):
+        `on_attempt(i)` right before each attempt of request i is sent, `on_result(i, result)` as
+        soon as request i is finished (not for requests a stopping run never sent)."""
+        self._check_breaker()
+        state = self._ensure_state()
+
+        async def one(i: int, req: ChatRequest) -> ChatResult:
+            res = await self._one(state, req, None if on_attempt is None else partial(on_attempt, i))
+            if res.error_kind not in ("aborted", "unsent"):
+                on_result(i, res)
+            return res
+
+        results = list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+        self._check_breaker()
+        return results
+
+    def _check_breaker(self) -> None:
+        if self.breaker.reason is not None:
+            raise RunAborted(self._scrub(self.breaker.reason))
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Sync wrapper on a private event loop; not for use inside a running loop (await agenerate)."""
@@ -254,8 +324,9 @@ class OpenAIEngine:
             body.update(self.cfg.extra_body)
         return body
 
-    async def _one(self, state: _LoopState, req: ChatRequest) -> ChatResult:
-        """Attempts until success, a final error or cfg.max_retries retries; never raises (except cancellation)."""
+    async def _one(self, state: _LoopState, req: ChatRequest, on_attempt: Callable[[], None] | None = None) -> ChatResult:
+        """Attempts until success, a final error or cfg.max_retries retries; never raises (except cancellation).
+        `on_attempt()` is called right before each attempt is sent."""
         cfg = self.cfg
         t0 = time.monotonic()
         attempts = 0
@@ -263,37 +334,87 @@ class OpenAIEngine:
             payload = self._payload(req)
             est_tokens = sum(len(m.get("content") or "") for m in req.messages) / 4 + req.max_tokens
             while True:
-                attempts += 1
                 async with state.sem:  # not held while backing off, so others use the slot
+                    if self.breaker.reason is not None:  # the run is stopping: send nothing more
+                        return ChatResult(error="not sent: the run was stopped", error_kind="aborted",
+                                          attempts=attempts, latency_s=time.monotonic() - t0)
+                    ticket = None
+                    if self.budget is not None:
+                        ticket = await self.budget.reserve(prompt_tokens_max(req.messages), req.max_tokens)
+                        if ticket is None:
+                            return ChatResult(error="not sent: the run's budget is spent", error_kind="unsent",
+                                              attempts=attempts, latency_s=time.monotonic() - t0)
+                    attempts += 1
                     # Rate tokens are taken inside the slot, right before sending, so sends stay
                     # spaced even when slots free up in bunches. Retries pay too: providers count them.
                     if self._rpm is not None:
                         await self._rpm.acquire(1.0)
                     if self._tpm is not None:
                         await self._tpm.acquire(est_tokens)
+                    await self._provider_limits(req)
+                    if on_attempt is not None:
+                        on_attempt()
                     out = await self._send(state.client, payload)
+                    if self._otpm is not None:  # the reservation was max_tokens; keep only what was written
+                        self._otpm.refund(req.max_tokens - (out.completion_tokens if isinstance(out, ChatResult) else 0))
+                    if ticket is not None:
+                        ok = isinstance(out, ChatResult)
+                        self.budget.settle(ticket, out.prompt_tokens if ok else 0, out.completion_tokens if ok else 0)
+                self._after_attempt(state, out)
                 if isinstance(out, ChatResult):
                     out.attempts, out.latency_s = attempts, time.monotonic() - t0
+                    self.breaker.row(out)
+                    self._stop_if_tripped(state)
                     return out
                 if not out.retryable or attempts > cfg.max_retries:
                     message = self._scrub(out.message)
                     log.debug("request failed for good after %d attempt(s): %s", attempts, message)
-                    return ChatResult(error=message, error_kind=out.kind, attempts=attempts,
-                                      latency_s=time.monotonic() - t0)
+                    res = ChatResult(error=message, error_kind=out.kind, attempts=attempts,
+                                     latency_s=time.monotonic() - t0)
+                    self.breaker.row(res)
+                    self._stop_if_tripped(state)
+                    return res
                 if out.retry_after is not None:
                     delay = min(out.retry_after, cfg.backoff_max_s)
                 else:  # exponential backoff with full jitter
                     delay = self._rng.uniform(0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (attempts - 1)))
                 log.debug("attempt %d failed (%s), retrying in %.3f s", attempts, out.kind, delay)
-                await asyncio.sleep(delay)
+                try:  # a backoff ends early when the Breaker trips
+                    await asyncio.wait_for(state.stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
         except Exception as e:  # a bug here must not stop the batch: record it on the row
             log.exception("unexpected error in the openai teacher")
             return ChatResult(error=self._scrub(f"internal error: {type(e).__name__}: {e}"), error_kind="internal",
                               attempts=max(attempts, 1), latency_s=time.monotonic() - t0)
 
+    def _after_attempt(self, state: _LoopState, out: ChatResult | _Failure) -> None:
+        self.breaker.attempt(None if isinstance(out, ChatResult) else out)
+        self._stop_if_tripped(state)
+
+    def _stop_if_tripped(self, state: _LoopState) -> None:
+        if self.breaker.reason is not None and not state.stop.is_set():
+            log.error("stopping the run: %s", self._scrub(self.breaker.reason))
+            state.stop.set()
+
+    async def _provider_limits(self, req: ChatRequest) -> None:
+        """Input/output token buckets and the x-ratelimit-* pause, right before a send."""
+        if self._itpm is not None:
+            await self._itpm.acquire(sum(len(m.get("content") or "") for m in req.messages) / 4)
+        if self._otpm is not None:
+            await self._otpm.acquire(req.max_tokens)
+        if self._rl is not None:
+            await self._rl.wait()
+
+    def _observe(self, headers: Any, payload: dict[str, Any]) -> None:
+        if self._rl is not None:
+            self._rl.observe(headers, float(payload.get("max_tokens") or 0))
+
     def _scrub(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, _REDACTED) if key and key in text else text
+        for secret in self._secrets():
+            if secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text
 
     # ------------------------------------------------------------------ HTTP paths
 
@@ -312,7 +433,7 @@ class OpenAIEngine:
         import aiohttp
 
         key = self._key()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **self._headers()}
         if key is not None:
             headers.update({"api-key": key} if self.cfg.api_type == "azure" else {"Authorization": f"Bearer {key}"})
         return aiohttp.ClientSession(
@@ -334,10 +455,13 @@ class OpenAIEngine:
             async with session.post(self._url, data=json.dumps(payload).encode()) as resp:
                 raw = await resp.read()
                 status = resp.status
+                self._observe(resp.headers, payload)
                 if status >= 300:
                     return _status_failure(status, resp.headers, raw)
         except asyncio.TimeoutError:  # aiohttp's timeouts subclass it
             return _Failure("timeout", f"no complete response within {self.cfg.timeout_s} s", True)
+        except aiohttp.ClientConnectorError as e:  # refused, unresolvable, unreachable: no request was made
+            return _Failure("connection", f"{type(e).__name__}: {e}", True, fatal=True)
         except aiohttp.ClientError as e:
             return _Failure("connection", f"{type(e).__name__}: {e}", True)
         try:
@@ -358,7 +482,7 @@ class OpenAIEngine:
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n), timeout=self.cfg.timeout_s
         )
         common: dict[str, Any] = dict(api_key=self._key() or "", max_retries=0, timeout=self.cfg.timeout_s,
-                                      http_client=http_client)
+                                      http_client=http_client, default_headers=self._headers() or None)
         cls = openai.AsyncAzureOpenAI if self.cfg.api_type == "azure" else openai.AsyncOpenAI
         # A keyless endpoint (a local vLLM/SGLang server) is legitimate: newer clients refuse an empty
         # key unless told not to enforce credentials; older ones (openai 1.x) have no such argument.
@@ -378,15 +502,24 @@ class OpenAIEngine:
             kwargs["extra_headers"] = {"Authorization": openai.Omit()}
         try:
             # wait_for: a total deadline like aiohttp's (httpx's timeout is per read).
-            resp = await asyncio.wait_for(client.chat.completions.create(**kwargs, extra_body=payload or None),
-                                          self.cfg.timeout_s)
+            completions = client.chat.completions
+            if self._rl is None:
+                resp = await asyncio.wait_for(completions.create(**kwargs, extra_body=payload or None), self.cfg.timeout_s)
+            else:  # the raw response carries the x-ratelimit-* headers
+                raw = await asyncio.wait_for(completions.with_raw_response.create(**kwargs, extra_body=payload or None),
+                                             self.cfg.timeout_s)
+                self._observe(raw.headers, kwargs)
+                resp = raw.parse()
         except (asyncio.TimeoutError, openai.APITimeoutError):
             return _Failure("timeout", f"no complete response within {self.cfg.timeout_s} s", True)
         except openai.APIStatusError as e:
+            self._observe(e.response.headers, kwargs)
             return _status_failure(e.status_code, e.response.headers, e.response.content)
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            return _Failure("connection", f"{type(cause).__name__}: {cause}", True)
+            # httpx's ConnectError: refused or unresolvable, as aiohttp's ClientConnectorError.
+            return _Failure("connection", f"{type(cause).__name__}: {cause}", True,
+                            fatal=type(cause).__name__ == "ConnectError")
         except (openai.APIResponseValidationError, ValueError) as e:
             return _Failure("malformed_response", f"response could not be parsed ({type(e).__name__})", True)
         if isinstance(resp, (str, bytes)):  # the SDK hands back text it could not decode as JSON

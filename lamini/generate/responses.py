@@ -51,15 +51,25 @@ class ResponsesSummary:
     pipeline_s: float
     wall_s: float
     sent_per_s: float = field(default=0.0)
+    # Requests sent that never got an answer (in flight when a run was killed or stopped): in
+    # `requests`, and in `cost_usd` at their largest possible size (usage unknown).
+    unsettled_requests: int = 0
+    unsettled_prompt_tokens_max: int = 0
+    unsettled_completion_tokens_max: int = 0
+    unsent: int = 0  # rows left unsent because a budget cap was reached (not in `missing`)
+    budget_exhausted: str | None = None  # which cap: max_requests, max_tokens or max_cost_usd
+    unallowed_errors: int = 0  # `errors` unless the config says allow_errors: the CLI exits 1 when not 0
 
     def line(self) -> str:
         errs = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_kind.items())) or "none"
         cost = f" | ~${self.cost_usd:.4f}" if self.cost_usd is not None else ""
+        unsettled = f" ({self.unsettled_requests} unanswered)" if self.unsettled_requests else ""
+        unsent = f" | budget {self.budget_exhausted} reached: {self.unsent} rows left unsent" if self.budget_exhausted else ""
         return (
             f"responses: {self.input_rows} input rows | {self.ok} ok | {self.errors} errors ({errs}) | "
             f"{self.rejects} rejects | sent {self.sent} this run ({self.already_done} already done) "
-            f"at {self.sent_per_s:.1f} rows/s | {self.requests} requests | "
-            f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens{cost} | "
+            f"at {self.sent_per_s:.1f} rows/s | {self.requests} requests{unsettled} | "
+            f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens{cost}{unsent} | "
             f"{self.wall_s:.1f} s -> {self.run_dir}/dataset"
         )
 
@@ -98,10 +108,14 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
         pipeline=cfg.pipeline,
         ray_cfg=cfg.ray,
         retry_errors=cfg.retry_errors,
+        budget=cfg.budget,
     )
     counts, already_done, pipeline_s = done.counts, done.already_done, done.pipeline_s
     pending_rows = done.sent
-    cost = mf.estimate_cost(cfg.teacher, counts.prompt_tokens, counts.completion_tokens)
+    cost = mf.estimate_cost(cfg.teacher, counts.prompt_tokens + counts.unsettled_prompt_tokens_max,
+                            counts.completion_tokens + counts.unsettled_completion_tokens_max)
+    if cost is not None and cfg.teacher.engine == "openai_batch":  # the Batch API's discount
+        cost = round(cost * cfg.teacher.batch_price_factor, 6)
     summary = ResponsesSummary(
         run_dir=run.uri,
         attempt_id=attempt_id,
@@ -113,7 +127,7 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
         ok=counts.ok,
         errors=counts.errors,
         errors_by_kind=counts.errors_by_kind,
-        missing=counts.missing,
+        missing=counts.missing - done.unsent,
         requests=counts.requests,
         prompt_tokens=counts.prompt_tokens,
         completion_tokens=counts.completion_tokens,
@@ -121,6 +135,12 @@ def run_responses(cfg: ResponsesConfig) -> ResponsesSummary:
         pipeline_s=round(pipeline_s, 3),
         wall_s=round(time.time() - t0, 3),
         sent_per_s=done.sent_per_s,
+        unsettled_requests=counts.unsettled_requests,
+        unsettled_prompt_tokens_max=counts.unsettled_prompt_tokens_max,
+        unsettled_completion_tokens_max=counts.unsettled_completion_tokens_max,
+        unsent=done.unsent,
+        budget_exhausted=done.budget_exhausted,
+        unallowed_errors=0 if cfg.allow_errors else counts.errors,
     )
     attempts.append(
         {
@@ -162,8 +182,14 @@ def _write_manifest(run: RunDir, cfg: ResponsesConfig, s: ResponsesSummary, atte
             "rejects": s.rejects,
             "rejects_by_reason": s.rejects_by_reason,
             "requests": s.requests,
+            "unsettled_requests": s.unsettled_requests,
+            "unsent": s.unsent,
         },
-        tokens={"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+        budget={**cfg.budget.model_dump(), "exhausted": s.budget_exhausted},
+        # Tokens of the answers received; the unanswered requests' at most (the cost counts those too).
+        tokens={"prompt": s.prompt_tokens, "completion": s.completion_tokens,
+                "unsettled_prompt_max": s.unsettled_prompt_tokens_max,
+                "unsettled_completion_max": s.unsettled_completion_tokens_max},
         estimated_cost_usd=s.cost_usd,
         wall_time_s=round(sum(a["wall_s"] for a in attempts), 3),
         attempts=attempts,

@@ -4,6 +4,8 @@ Layout of a responses run:
     manifest.json             config (secrets redacted), teacher, counts, tokens, cost, attempts
     rejects.jsonl             input rows that could not be read, with file, line and reason
     shards/*.parquet          raw teacher results as Ray Data writes them, one file per block
+    journal/*.jsonl           HTTP teachers: every attempt and answered row as it happens, per actor
+    accounting.json           attempts that never got an answer, folded from the journals
     dataset/responses.parquet the final dataset: one row per input row that succeeded
     dataset/errors.parquet    one row per input row whose request failed, with its reason
 """

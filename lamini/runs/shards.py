@@ -6,7 +6,8 @@ writes anything, and deadlocked on a 2-CPU Ray because its filter actor reserves
 Our plan starts from rows read by our own corpus readers (they report file and line for bad
 input, which Ray's readers cannot). So: Ray Data writes one Parquet shard per block as blocks
 finish; on a re-run we read only the `id`/`error` columns of the shards, skip the ids already
-answered, and the finalize step picks exactly one result per input id.
+answered, and the finalize step picks exactly one result per input id. Rows answered in blocks
+a kill cut short reach the shards from the actors' journals (lamini.runs.journal).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from lamini.corpus.schema import LAMINI_FROM_CORPUS, RESPONSE
 from lamini.engines.base import RESULT_SCHEMA
+from lamini.runs.journal import unsettled
 from lamini.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,12 @@ class FinalCounts:
     missing: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    requests: int = 0  # HTTP/engine attempts over all shards, superseded ones included
+    requests: int = 0  # every attempt sent: those of all shard rows (superseded ones included) + unsettled
+    # Attempts sent that never got a result row (in flight or retrying when a run was killed or
+    # stopped), from the journals' ledger: their usage is unknown, so they are priced at a bound.
+    unsettled_requests: int = 0
+    unsettled_prompt_tokens_max: int = 0
+    unsettled_completion_tokens_max: int = 0
 
 
 def finalize(run: RunDir, input_ids: set[str], index: ShardIndex | None = None) -> FinalCounts:
@@ -163,6 +170,9 @@ def finalize(run: RunDir, input_ids: set[str], index: ShardIndex | None = None) 
     since); without it the shards are scanned here."""
     idx = index if index is not None else scan_shards(run)
     counts = FinalCounts()
+    u = unsettled(run)
+    counts.unsettled_requests, counts.requests = u.requests, u.requests
+    counts.unsettled_prompt_tokens_max, counts.unsettled_completion_tokens_max = u.prompt_tokens_max, u.completion_tokens_max
     run.makedirs("dataset")
     if idx.keys is None:  # no shard at all (e.g. every input row rejected): both files, empty
         run.write_table("dataset/responses.parquet", _empty(RESPONSE_COLUMNS))

@@ -2,7 +2,9 @@
 
 A stage function (`lamini.cli.STAGES`) takes its config and returns a dataclass that satisfies
 `StageSummary`. `lamini` prints `line()` (or the dataclass as JSON with `--json`) and exits 1
-when `missing` is not 0, so a run that silently lost rows never looks like a success.
+when `missing` is not 0, or when the summary has an `unallowed_errors` count that is not 0, so a
+run that silently lost rows, or ended with errors its config did not allow, never looks like a
+success. A stage that cannot go on at all raises lamini.engines.abort.RunAborted (exit 3).
 """
 
 from __future__ import annotations

@@ -16,13 +16,19 @@ counted as whitespace words. Three prompt kinds get teacher-like replies instead
 (lamini.testing.fake_replies):
 instruction-generation prompts (N <example> blocks), the hallucination judge's rubric
 ("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`) and the user-oriented judge's rubric
-("GRADE: A-D\nREASON: ..." by `fake_grade`). GET /admin/stats[?detail=1], POST
+("GRADE: A-D\nREASON: ..." by `fake_grade`). The Batch API (/v1/files, /v1/batches, with
+expiry and partial failure) is lamini.testing.fake_batches. GET /admin/stats[?detail=1], POST
 /admin/config, POST /admin/reset, GET /health.
 
 Faults, by marker in the user message: "[fault:KIND]" fails every attempt of that prompt,
 "[fault:KINDxN]" fails its first N attempts and then succeeds; or at random with
 `fault_rate` over `fault_kinds` (seeded). KIND is one of FAULT_KINDS or any 3-digit HTTP
-status (e.g. 400, 401). Deterministic markers win over random faults.
+status (e.g. 400, 401). Deterministic markers win over random faults. With `known_models`
+set, a request for any other model gets OpenAI's 404 "model does not exist" (fault
+"unknown_model"); with `expected_api_key` set, any other key gets a 401. With
+`ratelimit_requests` set, the server allows that many chat requests per `ratelimit_window_s`,
+says so in OpenAI's x-ratelimit-limit/remaining/reset-requests headers, and answers the excess
+with 429 (fault "ratelimit"). `record_headers` names request headers whose values stats() lists.
 
 Why a raw asyncio.Protocol with a hand-written HTTP/1.1 parser (keep-alive, Content-Length
 bodies) and no framework: the server shares the cores with the client it serves, so it must
@@ -48,6 +54,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lamini.testing.fake_batches import BatchStore
 from lamini.testing.fake_replies import canned_reply
 
 FAULT_KINDS = ("429", "500", "503", "hang", "malformed", "empty_choices", "disconnect")
@@ -68,12 +75,14 @@ class _Server:
                  retry_after_s: float | None) -> None:
         self.settings: dict[str, Any] = {
             "latency_s": latency_s, "seed": seed, "fault_rate": fault_rate, "fault_kinds": list(fault_kinds),
-            "retry_after_s": retry_after_s, "expected_api_key": None,
+            "retry_after_s": retry_after_s, "expected_api_key": None, "known_models": None,
+            "ratelimit_requests": None, "ratelimit_window_s": 1.0, "record_headers": [], "batch_latency_s": 0.0,
         }
         self.rng = random.Random(seed)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         self.conns: set[_Conn] = set()  # open connections, closed at shutdown
+        self.batch_store = BatchStore(self._batch_answer, lambda: self.settings["batch_latency_s"])
         self.reset()
 
     def reset(self) -> None:
@@ -92,6 +101,9 @@ class _Server:
         self.connections = 0
         self.in_flight = getattr(self, "in_flight", 0)  # requests still open survive a reset
         self.last_body: dict | None = None
+        self.served = {"prompt_tokens": 0, "completion_tokens": 0}  # usage of every 200 answer sent
+        self.window = (time.monotonic(), 0)  # ratelimit: window start, requests counted in it
+        self.recorded: dict[str, list[str]] = {}
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         unknown = set(changes) - set(self.settings)
@@ -126,6 +138,8 @@ class _Server:
             "max_concurrent": self.max_concurrent,  # most chat requests open at once
             "connections": self.connections,  # opened, admin ones included
             "last_body": self.last_body,
+            "usage_served": dict(self.served),  # prompt/completion tokens of the completions answered
+            "recorded_headers": {k: sorted(set(v)) for k, v in self.recorded.items()},  # of record_headers
             "cpu_s": time.process_time(),  # server CPU: a benchmark divides its delta by the request delta
             "uptime_s": time.monotonic() - self.started,
             "settings": self.public_settings(),
@@ -141,6 +155,12 @@ class _Server:
         path, _, query = target.partition("?")
         if path.startswith("/admin/") or path == "/health":
             return self._admin(conn, method, path, query, body)
+        if path.startswith(("/v1/files", "/v1/batches")):  # the Batch API (lamini.testing.fake_batches)
+            if self._auth_fault(headers):
+                return conn.send(401, _error_body("Incorrect API key provided (fake)", "invalid_request_error"))
+            routed = self.batch_store.route(method, path, headers, body)
+            if routed is not None:
+                return conn.send(*routed)
         if method != "POST" or not path.endswith("/chat/completions"):
             return conn.send(404, _error_body(f"no route {method} {path}", "not_found"))
         try:
@@ -162,7 +182,11 @@ class _Server:
             self.max_concurrent = self.in_flight
         conn.pending = True
 
-        kind = self._auth_fault(headers) or self._fault(prompt, n)
+        for name in self.settings["record_headers"]:
+            if name.lower() in headers:
+                self.recorded.setdefault(name.lower(), []).append(headers[name.lower()])
+        limit_headers, over = self._ratelimit(now)
+        kind = self._auth_fault(headers) or self._model_fault(req) or over or self._fault(prompt, n)
         self.outcomes.setdefault(prompt, []).append(kind or "ok")
         if kind:
             self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -171,9 +195,9 @@ class _Server:
         delay = self.settings["latency_s"]
         if delay > 0:
             # A timer, not a task per request: overlapping sleeps at almost no cost.
-            self.loop.call_later(delay, self._answer, conn, kind, req, prompt, messages)
+            self.loop.call_later(delay, self._answer, conn, kind, req, prompt, messages, limit_headers)
         else:
-            self._answer(conn, kind, req, prompt, messages)
+            self._answer(conn, kind, req, prompt, messages, limit_headers)
 
     def _auth_fault(self, headers: dict[str, str]) -> str | None:
         auth = headers.get("authorization")
@@ -196,6 +220,46 @@ class _Server:
         self.auth_mismatched += 1
         return "401"
 
+    def _batch_answer(self, req: dict) -> tuple[Any, Any]:
+        """One line of a batch, answered (and counted) as the chat route would: (status or "expire", body)."""
+        messages = req.get("messages") or []
+        prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        self.requests += 1
+        n = self.by_prompt[prompt] = self.by_prompt.get(prompt, 0) + 1
+        kind = self._model_fault(req) or self._fault(prompt, n)
+        self.outcomes.setdefault(prompt, []).append(kind or "ok")
+        if kind:
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+        else:
+            self.ok += 1
+        if kind == "expire":
+            return "expire", None
+        if kind is None or kind == "empty_choices":
+            return 200, json.loads(_completion(req, prompt, messages, empty=kind is not None, served=self.served))
+        status = int(kind) if kind.isdigit() else 500
+        return status, json.loads(_error_body(f"fake fault {kind}", "server_error" if status >= 500 else "invalid_request"))
+
+    def _ratelimit(self, now: float) -> tuple[bytes, str | None]:
+        """OpenAI-style request limit over fixed windows: (x-ratelimit-* headers, "ratelimit" when over)."""
+        limit = self.settings["ratelimit_requests"]
+        if limit is None:
+            return b"", None
+        width = self.settings["ratelimit_window_s"]
+        start, used = self.window
+        if now - start >= width:
+            start, used = now, 0
+        over = used >= limit
+        used += 0 if over else 1
+        self.window = (start, used)
+        reset = max(0.0, start + width - now)
+        headers = (b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: %d\r\n"
+                   b"x-ratelimit-reset-requests: %dms\r\n" % (limit, limit - used, int(reset * 1000) + 1))
+        return headers, "ratelimit" if over else None
+
+    def _model_fault(self, req: dict) -> str | None:
+        known = self.settings["known_models"]
+        return "unknown_model" if known is not None and req.get("model") not in known else None
+
     def _fault(self, prompt: str, n: int) -> str | None:
         if "[fault:" in prompt:
             m = _MARKER.search(prompt)
@@ -208,7 +272,8 @@ class _Server:
             return self.rng.choice(kinds)
         return None
 
-    def _answer(self, conn: "_Conn", kind: str | None, req: dict, prompt: str, messages: list) -> None:
+    def _answer(self, conn: "_Conn", kind: str | None, req: dict, prompt: str, messages: list,
+                limit_headers: bytes = b"") -> None:
         if conn.closed:  # the client gave up (timeout) while we slept; connection_lost counted it
             return
         if kind == "hang":
@@ -216,11 +281,17 @@ class _Server:
         self.in_flight -= 1
         conn.pending = False
         if kind is None or kind == "empty_choices":
-            conn.send(200, _completion(req, prompt, messages, empty=kind is not None))
+            conn.send(200, _completion(req, prompt, messages, empty=kind is not None, served=self.served), limit_headers)
         elif kind == "malformed":
             conn.send(200, b"<html>upstream error: this is not JSON")
         elif kind == "disconnect":
             conn.transport.close()
+        elif kind == "ratelimit":
+            conn.send(429, _error_body("Rate limit reached for requests (fake)", "requests", "rate_limit_exceeded"),
+                      limit_headers)
+        elif kind == "unknown_model":  # OpenAI's wording and code for a model that does not exist
+            msg = f"The model `{req.get('model')}` does not exist or you do not have access to it."
+            conn.send(404, _error_body(msg, "invalid_request_error", "model_not_found"))
         elif kind == "429":
             ra = self.settings["retry_after_s"]
             extra = b"" if ra is None else b"Retry-After: %s\r\n" % repr(float(ra)).encode()
@@ -247,11 +318,11 @@ class _Server:
         conn.send(404, _error_body(f"no route {method} {path}", "not_found"))
 
 
-def _error_body(message: str, kind: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+def _error_body(message: str, kind: str, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
 
-def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
+def _completion(req: dict, prompt: str, messages: list, empty: bool, served: dict[str, int] | None = None) -> bytes:
     generated = canned_reply(prompt)
     words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
@@ -260,6 +331,9 @@ def _completion(req: dict, prompt: str, messages: list, empty: bool) -> bytes:
         words, finish = words[:max_tokens], "length"
     prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
     completion_tokens = len(words)
+    if served is not None:  # what a provider would bill, whether or not the client lived to read it
+        served["prompt_tokens"] += prompt_tokens
+        served["completion_tokens"] += completion_tokens
     message = {"role": "assistant", "content": " ".join(words)}
     choices = [] if empty else [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]
     return json.dumps({
@@ -492,7 +566,9 @@ class FakeOpenAIServer:
         return self._admin("GET", "/admin/stats" + ("?detail=1" if detail else ""))
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change settings at runtime: latency_s, seed, fault_rate, fault_kinds, retry_after_s, expected_api_key."""
+        """Change settings at runtime: latency_s, seed, fault_rate, fault_kinds, retry_after_s, expected_api_key,
+        known_models (a list of model names; None: every model is known), ratelimit_requests, ratelimit_window_s,
+        record_headers."""
         if "fault_kinds" in changes:
             changes["fault_kinds"] = list(changes["fault_kinds"])
         return self._admin("POST", "/admin/config", changes)
