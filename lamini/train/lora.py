@@ -46,6 +46,11 @@ def export_model(module, state_dict: dict[str, Any], cfg: TrainConfig, family: s
     from lamini.models.loading import load_student
 
     if zero3:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # Training is over: the fresh base must load whole, not as ZeRO-3 shards (transformers
+        # builds under deepspeed.zero.Init while the strategy's HfDeepSpeedConfig is registered).
+        unset_hf_deepspeed_config()
         module = wrap(load_student(cfg.model, family), cfg.lora, family, gradient_checkpointing=False)
         module.load_state_dict(state_dict)
     if cfg.lora.export == "adapter":
