@@ -106,7 +106,7 @@ def test_epochs_with_packing_end_at_the_planned_step(ray_local, tmp_path, tiny):
     summary = run_train(TrainConfig.model_validate(cfg))
     manifest = json.loads((tmp_path / "runs" / "student" / "manifest.json").read_text())
     per_epoch = manifest["sequences_per_epoch"]
-    assert per_epoch < 64 / 2  # several rows per packed sequence
+    assert per_epoch < 0.6 * 64  # about two whole examples per packed sequence
     assert summary.total_steps == manifest["total_steps"] == 2 * (per_epoch // 4)
     history = read_history(tmp_path / "runs" / "student")
     assert summary.steps == summary.total_steps == history[-1]["step"]  # (counting rows planned 32 steps)
