@@ -102,7 +102,7 @@ def test_run_reports_eval_loss_and_keeps_the_best_checkpoint(ray_local, tmp_path
     # evaluated every 8 steps, at every checkpoint (12, 24) and at the end
     assert [h["step"] for h in history if "eval_loss" in h] == [8, 12, 16, 24]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    assert evals[-1] < 0.97 * evals[0] and all(h["eval_tokens"] > 1000 for h in history if "eval_loss" in h)
+    assert evals[-1] < 0.97 * evals[0] and all(h["eval_tokens"] > 300 for h in history if "eval_loss" in h)
     assert summary.eval_loss == history[-1]["eval_loss"] and "eval_loss" in summary.line()
     # the best checkpoint by eval_loss among those kept (keep 1: Ray keeps the best, and the newest)
     best = summary.best_checkpoint
