@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -16,7 +17,9 @@ from lamini.train.data import (
     collate,
     encode_decoder,
     encode_seq2seq,
+    label_tokens,
     micro_batches,
+    model_inputs,
     pack,
 )
 
@@ -151,21 +154,98 @@ def test_seq2seq_source_is_the_raw_instruction(seq2seq_tok):
     assert right.input_ids == ex.input_ids[:7] + [eos]  # the source too
 
 
-def test_packing_fills_sequences_and_keeps_labels_aligned(causal_tok):
-    examples = [e for i, r in alpaca_rows(30) if (e := encode_decoder(i, r, causal_tok, 128))]
-    packed = list(pack(examples, 128))
-    assert all(len(p.input_ids) == 128 for p in packed[:-1]) and len(packed[-1].input_ids) <= 128
-    flat_ids = [t for e in examples for t in e.input_ids]
-    flat_labels = [t for e in examples for t in e.labels]
-    got_ids = [t for p in packed for t in p.input_ids]
-    assert got_ids == flat_ids[: len(got_ids)]
-    assert [t for p in packed for t in p.labels] == flat_labels[: len(got_ids)]
+def test_packing_keeps_examples_whole_and_restarts_positions(causal_tok):
+    examples = [e for i, r in alpaca_rows(30) if (e := encode_decoder(i, r, causal_tok, 256))]
+    packed = list(pack(examples, 512))
+    assert len(packed) < len(examples) / 2 and all(len(p.input_ids) <= 512 for p in packed)
+    # every example whole, in order, in one sequence; its first label dropped (no token predicts it unpacked)
+    unpacked = [(ids, labels) for p in packed for ids, labels in _segments(p)]
+    assert [ids for ids, _ in unpacked] == [e.input_ids for e in examples]
+    assert [labels for _, labels in unpacked] == [[IGNORE_INDEX, *e.labels[1:]] for e in examples]
+    # a sequence closes only when the next example does not fit
+    starts = [0, *itertools.accumulate(len(p.segments) for p in packed)]
+    for p, nxt in zip(packed, starts[1:-1]):
+        assert len(p.input_ids) + len(examples[nxt].input_ids) > 512
+    batch = collate(packed[:3], pad_id=0)
+    for row, p in enumerate(packed[:3]):
+        want = [i for n in p.segments for i in range(n)]
+        pad = batch["input_ids"].shape[1] - len(want)
+        assert batch["position_ids"][row].tolist() == want + list(range(pad))  # padding: a segment of its own
+    assert "attention_mask" not in model_inputs(batch) and "attention_mask" in batch  # kept for counting
+    assert "position_ids" not in collate(examples[:2], 0) and model_inputs(collate(examples[:2], 0))["attention_mask"] is not None
     cfg = TrainConfig.model_validate(
         {"model": {"base": "x"}, "data": {"corpora": [{"format": "alpaca", "path": "x"}], "packing": True,
-         "max_length": 128}, "global_batch_size": 4, "micro_batch_size": 4}
+         "max_length": 256}, "global_batch_size": 4, "micro_batch_size": 4}
     )
-    enc = ExampleEncoder(causal_tok, "decoder", cfg.data)
-    assert len(list(enc.examples(alpaca_rows(30)))) == len(packed)
+    enc = ExampleEncoder(causal_tok, "decoder", cfg.data)  # encodes at max_length 256, packs into 256
+    by_encoder = list(enc.examples(alpaca_rows(30)))
+    assert [x for p in by_encoder for x in p.input_ids] == [x for e in examples for x in e.input_ids]
+    assert enc.measure(alpaca_rows(30)) == (len(examples), len(by_encoder))
+
+
+def _segments(p):
+    at = 0
+    for n in p.segments:
+        yield p.input_ids[at : at + n], p.labels[at : at + n]
+        at += n
+
+
+def _tiny_gpt2(tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=4,
+                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))  # fmt: skip
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa")])
+def test_packed_loss_equals_unpacked_loss(causal_tok, tiny_lms, arch, attn):
+    """Packing changes how examples are laid out, not what the model learns from them: the
+    token-weighted loss (and the logits of every example) equal the unpacked ones. Packing the
+    old way (one causal mask over the whole sequence) does not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if arch == "llama":  # the tiny test student (Llama architecture, rotary positions)
+        model = AutoModelForCausalLM.from_pretrained(tiny_lms.causal, attn_implementation=attn)
+    else:  # learned absolute positions, as the GPT-2 / GPT-Neo / Cerebras students
+        model = _tiny_gpt2(causal_tok).to(torch.float32)
+    model.eval()
+    examples = [e for i, r in alpaca_rows(16) if (e := encode_decoder(i, r, causal_tok, 256))]
+    packed = list(pack(examples, 512))
+    assert len(packed) < len(examples) / 2 and any(len(p.segments) >= 3 for p in packed)
+
+    def token_weighted(batches) -> float:
+        total = n = 0
+        with torch.no_grad():
+            for b in batches:
+                k = label_tokens(b, encoder_decoder=False)
+                total += float(model(**model_inputs(b)).loss) * k
+                n += k
+        return total / n
+
+    unpacked_loss = token_weighted([collate(examples[i : i + 4], 0) for i in range(0, len(examples), 4)])
+    packed_loss = token_weighted([collate(packed[i : i + 2], 0) for i in range(0, len(packed), 2)])
+    assert packed_loss == pytest.approx(unpacked_loss, rel=1e-5, abs=1e-5)
+    # the first packed sequence's logits, example by example, are the example's own
+    b = collate(packed[:1], 0)
+    with torch.no_grad():
+        logits = model(**model_inputs(b)).logits[0]
+        at = 0
+        for n in packed[0].segments:
+            alone = model(input_ids=b["input_ids"][:, at : at + n]).logits[0]
+            assert torch.allclose(logits[at : at + n], alone, atol=1e-4), (at, n)
+            at += n
+    # one causal mask over the whole sequence (attention crossing examples, positions running on):
+    # the later examples' logits are no longer their own, and the loss moves far beyond the tolerance
+    crossing = [{k: v for k, v in collate(packed[i : i + 2], 0).items() if k != "position_ids"}
+                for i in range(0, len(packed), 2)]  # fmt: skip
+    assert abs(token_weighted(crossing) - unpacked_loss) > 1e-4  # an untrained model: small, yet 10x the tolerance
+    with torch.no_grad():
+        first = packed[0].segments[0]
+        mixed = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[0, first:]
+        assert not torch.allclose(mixed[: packed[0].segments[1]], model(input_ids=b["input_ids"][:, first : first + packed[0].segments[1]]).logits[0], atol=1e-3)
 
 
 def test_collate_masks_padding(causal_tok):

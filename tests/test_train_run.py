@@ -106,11 +106,13 @@ def test_epochs_with_packing_end_at_the_planned_step(ray_local, tmp_path, tiny):
     summary = run_train(TrainConfig.model_validate(cfg))
     manifest = json.loads((tmp_path / "runs" / "student" / "manifest.json").read_text())
     per_epoch = manifest["sequences_per_epoch"]
-    assert per_epoch < 64 / 2  # several rows per packed sequence
+    assert per_epoch < 0.6 * 64  # about two whole examples per packed sequence
     assert summary.total_steps == manifest["total_steps"] == 2 * (per_epoch // 4)
     history = read_history(tmp_path / "runs" / "student")
     assert summary.steps == summary.total_steps == history[-1]["step"]  # (counting rows planned 32 steps)
-    assert history[-1]["epoch"] == 1  # ended inside the second epoch, not by running out of epochs
+    # ended inside the second epoch, or early in the pass kept in reserve when the shuffled epochs
+    # packed into a few sequences fewer than the count (made in the file's order) planned
+    assert history[-1]["epoch"] in (1, 2)
     assert history[-1]["lr"] < 0.1 * max(h["lr"] for h in history)  # the schedule ran its course
 
 
@@ -264,10 +266,11 @@ def test_smollm2_gguf_student_fine_tunes(ray_local, tmp_path):
 
 
 def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
-    """`lamini tune` in its own process and Ray (with the dashboard its trial clean-up needs)."""
+    """`lamini tune` in its own process and Ray (with the dashboard its trial clean-up needs); with a
+    validation share, ASHA and each trial's best checkpoint go by eval_loss, not training loss."""
     train = _cfg(
         tiny["decoder"], tmp_path / "unused", max_steps=6, log_every_n_steps=1, checkpoint_every_n_steps=2,
-        export=False, scaling={"num_workers": 1, "cpus_per_worker": 1},
+        export=False, scaling={"num_workers": 1, "cpus_per_worker": 1}, validation={"fraction": 0.1},
         ray={"num_cpus": 2, "temp_dir": f"/tmp/lamini-tune-{os.getpid()}"},
     )
     cfg = {
@@ -280,7 +283,7 @@ def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
         # while the test session's Ray also runs on this machine (the next trial would wait for CPUs).
         "asha": {"max_t": 7, "grace_period": 2},
     }
-    TuneConfig.model_validate(cfg)
+    assert TuneConfig.model_validate(cfg).metric == "eval_loss"
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, RAY_DATA_DISABLE_PROGRESS_BARS="1")
     env.pop("RAY_ADDRESS", None)
@@ -292,7 +295,7 @@ def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
     finally:
         kill_all([proc.pid, *descendants(proc.pid)])
     assert proc.returncode == 0, out[-3000:]
-    assert "tune: 2 trials (0 failed), best loss" in out
+    assert "tune: 2 trials (0 failed), best eval_loss" in out
     saved = json.loads((tmp_path / "tune" / "tune_summary.json").read_text())
     trials = saved["trials"]
     assert len(trials) == 2 and saved["missing"] == 0
@@ -301,13 +304,15 @@ def test_tune_runs_two_trials_with_asha(tmp_path, tiny):
         steps = [h["step"] for h in trial["history"]]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # ASHA's grace period
         assert len(steps) == 6 or trial["stopped_early"]  # ran to max_steps, or ASHA stopped it
-        # the lowest-loss checkpoint (one every 2 steps), kept by the trial and still on disk
+        assert all(math.isfinite(h["eval_loss"]) and math.isfinite(h["loss"]) for h in trial["history"])
+        # the lowest-eval-loss checkpoint (one every 2 steps), kept by the trial and still on disk
         best = trial["best_checkpoint"]
-        assert os.path.isdir(best["path"]) and best["metric"] == "loss"
-        at_checkpoints = {h["step"]: h["loss"] for h in trial["history"] if h["step"] % 2 == 0}
+        assert os.path.isdir(best["path"]) and best["metric"] == "eval_loss"
+        at_checkpoints = {h["step"]: h["eval_loss"] for h in trial["history"] if h["step"] % 2 == 0}
         assert best["value"] == min(at_checkpoints.values()) == at_checkpoints[best["step"]]
     assert len({t["params"]["lr"] for t in trials}) == 2
-    assert saved["best"]["loss"] == min(t["loss"] for t in trials)
+    assert saved["best"]["metric"] == "eval_loss"
+    assert saved["best"]["eval_loss"] == min(t["eval_loss"] for t in trials)
 
 
 @pytest.mark.gpu

@@ -118,6 +118,7 @@ def test_paper_hyperparameters(stem):
     assert cfg.precision == "bf16"
     assert cfg.scaling.use_gpu and cfg.scaling.accelerator_type == "A100"
     assert cfg.grad_accum_steps * cfg.micro_batch_size * cfg.scaling.num_workers == 1024
+    assert cfg.data.shuffle  # a seeded global shuffle every epoch (D_ALL is written source by source)
     if stem in BIG:
         assert cfg.max_steps == 6000
         assert cfg.deepspeed.zero_stage == 3 and cfg.scaling.num_workers == 16

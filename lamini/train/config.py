@@ -37,11 +37,47 @@ class TrainDataConfig(StrictModel):
         "the instruction is cut (the target is cut at its end); EOS stays last in both.",
     )
     packing: bool = Field(
-        False, description="Decoder-only: pack several examples into each max_length sequence (no padding)."
+        False,
+        description="Decoder-only: pack whole examples into max_length sequences; position ids restart at each "
+        "example, so attention stays inside it (a block-diagonal mask, or the varlen kernel with flash attention).",
+    )
+    shuffle: bool = Field(
+        True,
+        description="A seeded global shuffle of the rows every epoch (Ray Data's random_shuffle, seeded by `seed` "
+        "and the epoch): the same order on every run, so a resumed run skips exactly the steps it already took.",
     )
     shuffle_buffer_rows: int = Field(
-        0, ge=0, description="Rows in each worker's local shuffle buffer (0: the dataset order, fully reproducible)."
+        0, ge=0, description="Rows in each worker's local shuffle buffer, on top of `shuffle` (0: none)."
     )
+
+
+class ValidationConfig(StrictModel):
+    """A held-out set the run evaluates on: token-weighted eval_loss at reports and at the end."""
+
+    fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Share of the training rows held out, chosen by a seeded hash of (instruction, response): the "
+        "split does not depend on the read order, and duplicate rows fall on one side. 0 when `corpora` is set.",
+    )
+    corpora: list[CorpusSpec] = Field(
+        default_factory=list, description="A separate validation set (formats as data.corpora) instead of a share."
+    )
+    max_rows: int | None = Field(2000, ge=1, description="Evaluate on at most this many of the validation rows.")
+    seed: int | None = Field(None, description="Seed of the held-out split (None: the run's seed).")
+    every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate at the reports every N steps (a multiple of log_every_n_steps); None: at every "
+        "report. Always at every checkpoint (the best one is chosen by eval_loss) and at the end.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationConfig:
+        if (self.fraction > 0) == bool(self.corpora):
+            raise ValueError("validation: set either fraction (> 0) or corpora, not both")
+        return self
 
 
 class OptimConfig(StrictModel):
@@ -83,6 +119,24 @@ class DeepSpeedSettings(StrictModel):
         return self
 
 
+class LoraSettings(StrictModel):
+    """LoRA through peft: the base weights stay frozen, only low-rank adapters train (and their optimizer states)."""
+
+    r: int = Field(16, ge=1, description="Rank of the adapters.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is (alpha / r) * B @ A.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Modules that get adapters; None: peft's default for the architecture (Llama/GPT-J/GPT-Neo "
+        "q_proj+v_proj, GPT-2 c_attn, T5 q+v); `all-linear`: every linear layer but the output head.",
+    )
+    export: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="merged: the adapters folded into the weights, an ordinary model folder (what lamini's "
+        "evaluations load); adapter: only the adapter files (adapter_config.json names the base).",
+    )
+
+
 class ScalingSettings(StrictModel):
     """Ray Train's ScalingConfig: how many workers, on what."""
 
@@ -118,6 +172,7 @@ class TrainConfig(StrictModel):
         "auto", description="Training precision; auto: bf16 with GPUs, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora: LoraSettings | None = Field(None, description="Train LoRA adapters (peft) instead of every weight.")
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, description="DeepSpeed ZeRO settings.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train workers.")
     log_every_n_steps: int = Field(10, ge=1, description="Report loss, tokens/s and learning rate every N steps.")
@@ -134,6 +189,9 @@ class TrainConfig(StrictModel):
     peak_tflops: float | None = Field(
         None, gt=0, description="Peak dense TFLOP/s of one device for MFU (None: known GPUs' spec, or measured on CPU)."
     )
+    validation: ValidationConfig | None = Field(
+        None, description="Held-out evaluation (eval_loss); None: training loss only."
+    )
     seed: int = Field(0, description="Seed of weight init noise, dropout and shuffling.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
@@ -144,6 +202,12 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x num_workers "
                 f"({self.micro_batch_size} x {self.scaling.num_workers} = {per_step})"
+            )
+        v = self.validation
+        if v is not None and v.every_n_steps is not None and v.every_n_steps % self.log_every_n_steps:
+            raise ValueError(
+                f"validation.every_n_steps {v.every_n_steps} is not a multiple of log_every_n_steps "
+                f"{self.log_every_n_steps}: evaluation happens at reports"
             )
         return self
 
@@ -162,9 +226,11 @@ class SearchSpace(StrictModel):
 
 
 class ASHASettings(StrictModel):
-    """ASHA early stopping (ray.tune.schedulers.ASHAScheduler) on the reported training loss."""
+    """ASHA early stopping (ray.tune.schedulers.ASHAScheduler) on a reported metric."""
 
-    metric: str = Field("loss", description="Reported metric the scheduler compares.")
+    metric: str | None = Field(
+        None, description="Reported metric the scheduler compares; None: eval_loss with train.validation, else loss."
+    )
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
     max_t: int = Field(
         1000,
@@ -186,3 +252,19 @@ class TuneConfig(StrictModel):
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once (each holds its own workers).")
     asha: ASHASettings = Field(default_factory=ASHASettings, description="Early stopping.")
     seed: int = Field(0, description="Seed of the search's sampling.")
+
+    @property
+    def metric(self) -> str:
+        """What ASHA compares and trials keep their best checkpoints by."""
+        return self.asha.metric or ("eval_loss" if self.train.validation else "loss")
+
+    @model_validator(mode="after")
+    def _metric_is_reported(self) -> TuneConfig:
+        v = self.train.validation
+        if self.metric == "eval_loss":
+            if v is None:
+                raise ValueError("asha.metric eval_loss needs train.validation")
+            if v.every_n_steps not in (None, self.train.log_every_n_steps):
+                # Tune checks that every result carries the metric, and ASHA compares at every report.
+                raise ValueError("with asha.metric eval_loss, train.validation.every_n_steps must be unset")
+        return self

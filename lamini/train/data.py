@@ -27,6 +27,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     decoder: bool = True  # False: labels are the target sequence of an encoder-decoder model
+    segments: list[int] | None = None  # packed: the lengths of the examples in this sequence
 
 
 @dataclass
@@ -153,27 +154,46 @@ def encode_seq2seq(
 
 
 def pack(examples: Iterable[Example], max_length: int) -> Iterator[Example]:
-    """Concatenate decoder examples and cut the stream into max_length sequences (no padding).
+    """Whole decoder examples, in order, into sequences of at most max_length tokens.
 
-    Attention crosses example boundaries inside a sequence (the common SFT packing; the EOS
-    between examples marks the switch). Labels stay aligned because ids and labels move together.
+    A sequence is closed when the next example does not fit, so no example is cut in two (every
+    example is at most max_length: encode_decoder truncates). `segments` records each example's
+    length: collate turns them into position ids that restart at 0 per example, from which the
+    model builds a block-diagonal causal mask, so attention never crosses into another example.
+    Each example's first label is dropped: unpacked, no token predicts it (the loss shifts by
+    one); packed, the previous example's last token would. Losses then equal the unpacked ones.
     """
     ids: list[int] = []
     labels: list[int] = []
+    segments: list[int] = []
     for ex in examples:
+        if ids and len(ids) + len(ex.input_ids) > max_length:
+            yield Example(ids, labels, decoder=True, segments=segments)
+            ids, labels, segments = [], [], []
         ids.extend(ex.input_ids)
-        labels.extend(ex.labels)
-        while len(ids) >= max_length:
-            chunk_ids, chunk_labels = ids[:max_length], labels[:max_length]
-            ids, labels = ids[max_length:], labels[max_length:]
-            if any(x != IGNORE_INDEX for x in chunk_labels):
-                yield Example(chunk_ids, chunk_labels, decoder=True)
-    if ids and any(x != IGNORE_INDEX for x in labels):
-        yield Example(ids, labels, decoder=True)
+        labels.append(IGNORE_INDEX)
+        labels.extend(ex.labels[1:])
+        segments.append(len(ex.input_ids))
+    if ids:
+        yield Example(ids, labels, decoder=True, segments=segments)
+
+
+def packed_sequences(lengths: Iterable[int], max_length: int) -> int:
+    """How many sequences `pack` makes of examples of these lengths, in this order."""
+    n, used = 0, max_length
+    for length in lengths:
+        if used + length > max_length:
+            n, used = n + 1, 0
+        used += length
+    return n
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Right-pad a micro batch -> torch tensors; padding gets attention 0 and label IGNORE_INDEX."""
+    """Right-pad a micro batch -> torch tensors; padding gets attention 0 and label IGNORE_INDEX.
+
+    Packed examples also get `position_ids` restarting at each example (padding: one more
+    segment of its own, after every real token, so causal attention never reaches it).
+    """
     import torch
 
     n = len(examples)
@@ -192,7 +212,40 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
         labels = torch.full((n, tw), IGNORE_INDEX, dtype=torch.long)
         for i, e in enumerate(examples):
             labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if examples[0].segments is not None:
+        positions = torch.zeros((n, width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            pad = width - len(e.input_ids)
+            positions[i] = torch.cat([torch.arange(s) for s in [*e.segments, pad] if s])
+        out["position_ids"] = positions
+    return out
+
+
+def model_inputs(batch: dict[str, Any], device=None) -> dict[str, Any]:
+    """The keyword arguments of the model's forward for a collated batch (tensors moved to `device`).
+
+    A packed batch goes without its attention_mask and with use_cache=False: transformers builds
+    the block-diagonal mask from restarting position ids only when there is neither a 2D mask nor
+    a KV cache (masking_utils' find_packed_sequence_indices; a training forward otherwise makes a
+    DynamicCache when the config says use_cache). Flash attention takes its varlen path from the
+    same position ids. The mask stays in the batch for counting tokens.
+    """
+    packed = "position_ids" in batch
+    out: dict[str, Any] = {
+        k: v if device is None else v.to(device, non_blocking=True)
+        for k, v in batch.items()
+        if not (packed and k == "attention_mask")
+    }
+    if packed:
+        out["use_cache"] = False
+    return out
+
+
+def label_tokens(batch: dict[str, Any], encoder_decoder: bool) -> int:
+    """Tokens the loss averages over: decoder labels are shifted by one (the first is never predicted)."""
+    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
 
 
 def batch_token_split(batch: dict[str, Any], encoder_decoder: bool) -> tuple[int, int]:
@@ -232,15 +285,12 @@ class ExampleEncoder:
         )
 
     def measure(self, rows: Iterable[tuple[str, str]]) -> tuple[int, int]:
-        """(examples kept, their tokens) of rows, before packing: what lamini.train.loop.epoch_sequences
-        turns into the sequences an epoch gives (rows dropped by truncation are not counted)."""
-        kept = tokens = 0
-        for i, r in rows:
-            ex = self(i, r)
-            if ex is not None:
-                kept += 1
-                tokens += len(ex.input_ids)
-        return kept, tokens
+        """(examples kept, sequences `pack` makes of them in this order): what
+        lamini.train.loop.epoch_sequences turns into the sequences an epoch gives (rows dropped by
+        truncation are not counted)."""
+        lengths = [len(ex.input_ids) for ex in (self(i, r) for i, r in rows) if ex is not None]
+        packed = packed_sequences(lengths, self.cfg.max_length) if self.family == "decoder" else len(lengths)
+        return len(lengths), packed
 
     def examples(self, rows: Iterable[tuple[str, str]]) -> Iterator[Example]:
         out = (self(i, r) for i, r in rows)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # per marker file (so the restarted attempt runs through).
 FAIL_AT_STEP_ENV = "LAMINI_TRAIN_FAIL_AT_STEP"
 FAIL_MARKER_ENV = "LAMINI_TRAIN_FAIL_MARKER"
+# For tests and audits: a folder where every rank appends, per optimiser step, a digest of each
+# micro batch's token ids (trace-rank<r>.jsonl): what was trained on, in which order.
+TRACE_ENV = "LAMINI_TRAIN_TRACE_DIR"
 
 
 @dataclass
@@ -43,46 +46,31 @@ class TrainState:
 
 
 def _rows(shard, cfg: TrainConfig, epoch: int) -> Iterator[tuple[str, str]]:
-    kw: dict[str, Any] = {"batch_size": 256, "batch_format": "pyarrow"}
+    kw: dict[str, Any] = {"batch_size": 256, "batch_format": "pyarrow"}  # rows as the dataset orders them
     if cfg.data.shuffle_buffer_rows:
         kw.update(local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows, local_shuffle_seed=cfg.seed + epoch)
     for batch in shard.iter_batches(**kw):
         yield from zip(batch.column("instruction").to_pylist(), batch.column("response").to_pylist())
 
 
-def _synced_steps(micro_iter: Iterator[dict], accum: int, world: int, device) -> Iterator[list[dict]]:
-    """Groups of exactly `accum` micro batches, ending on every rank as soon as one rank runs out.
-
-    Workers' shards can yield different numbers of micro batches (rows dropped by truncation,
-    packing); a rank that ran out while another still steps would hang the collectives.
-    """
-    import torch
-    import torch.distributed as dist
-
-    while True:
-        group = list(islice(micro_iter, accum))
-        have = torch.tensor([1 if len(group) == accum else 0], device=device)
-        if world > 1:
-            dist.all_reduce(have, op=dist.ReduceOp.MIN)
-        if not int(have.item()):
-            return
-        yield group
-
-
-def _all_sum(values: list[float], world: int, device) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(t)
-    return [float(x) for x in t.tolist()]
-
-
 def fault_injection_from_env() -> dict[str, str] | None:
     """Read on the driver and passed in the loop config: Ray workers may not inherit the driver's env."""
     at, marker = os.environ.get(FAIL_AT_STEP_ENV), os.environ.get(FAIL_MARKER_ENV)
     return {"at_step": at, "marker": marker} if at and marker else None
+
+
+def trace_dir_from_env() -> str | None:
+    return os.environ.get(TRACE_ENV) or None
+
+
+def _trace(trace_dir: str | None, rank: int, step: int, epoch: int, group: list[dict]) -> None:
+    if not trace_dir:
+        return
+    import hashlib
+
+    digests = [hashlib.sha1(mb["input_ids"].numpy().tobytes()).hexdigest()[:16] for mb in group]
+    with open(os.path.join(trace_dir, f"trace-rank{rank}.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, "epoch": epoch, "micro": digests}) + "\n")
 
 
 def _maybe_fail(fault: dict[str, str] | None, step: int, rank: int) -> None:
@@ -104,6 +92,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         ExampleEncoder,
         batch_token_split,
         micro_batches,
+        model_inputs,
         pad_token_id,
     )
     from lamini.train.flops import (
@@ -117,6 +106,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         deepspeed_config,
         resolve_precision,
     )
+    from lamini.train.sync import all_sum, synced_steps
 
     cfg = TrainConfig.model_validate(loop_cfg["config"])
     family, total_steps, lr = loop_cfg["family"], int(loop_cfg["total_steps"]), float(loop_cfg["lr"])
@@ -136,7 +126,12 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if cfg.lora:
+        from lamini.train.lora import wrap
+
+        model = wrap(model, cfg.lora, family, cfg.gradient_checkpointing)
     n_params = count_params(model)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_enc, n_dec = param_split(model)  # encoder-decoder: source and target tokens cost differently
     seq2seq = family == "encoder-decoder"
     engine = strategy.setup(model, cfg.optim.weight_decay)
@@ -153,7 +148,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         print(f"lamini train: rank {rank} resumed at step {strategy.global_step} (epoch {state.epoch})", flush=True)
 
     run = RunDir(loop_cfg["run_root"]) if rank == 0 else None  # rank 0 writes the metrics and the export
-    shard = ray.train.get_dataset_shard("train")
+
+    def shard(epoch: int):
+        # data.shuffle: each epoch has its own dataset, shuffled with a seed of (seed, epoch)
+        return ray.train.get_dataset_shard(f"train_{epoch}" if loop_cfg["epoch_datasets"] else "train")
+
+    validation = cfg.validation
+    val_every = (validation.every_n_steps or cfg.log_every_n_steps) if validation else None
+    val_encoder = ExampleEncoder(tokenizer, family, cfg.data) if validation else None  # its own stats
     pad_id = pad_token_id(tokenizer)
     accum = cfg.grad_accum_steps
     window = {"loss": 0.0, "micro": 0, "tokens": 0, "flops": 0.0, "steps": 0}
@@ -162,7 +164,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     def report(step: int, final: bool) -> None:
         nonlocal t_window
-        loss_sum, n_micro, tokens, flops = _all_sum(
+        loss_sum, n_micro, tokens, flops = all_sum(
             [float(window["loss"]), window["micro"], window["tokens"], window["flops"]], world, device
         )
         dt = time.perf_counter() - t_window
@@ -180,10 +182,18 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "window_s": dt,
             "mfu": flops_utilisation(flops / dt, peak, world) if dt > 0 else None,
             "n_params": n_params,
+            "n_params_trainable": n_trainable,
             "n_params_encoder": n_enc,
             "peak_flops_source": peak_source,
         }
         save = final or step % cfg.checkpoint_every_n_steps == 0
+        if validation and (save or step % val_every == 0):  # every checkpoint is scored by it
+            from lamini.train.validation import evaluate
+
+            t_eval = time.perf_counter()
+            metrics.update(evaluate(engine, ray.train.get_dataset_shard("validation"), val_encoder,
+                                    cfg.micro_batch_size, pad_id, world, device, seq2seq))  # fmt: skip
+            metrics["eval_s"] = time.perf_counter() - t_eval
         metrics["checkpoint"] = save
         metrics["elapsed_s"] = time.perf_counter() - t_start  # wall time incl. reports and checkpoints
         state.history.append(metrics)
@@ -201,17 +211,16 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     encoder = ExampleEncoder(tokenizer, family, cfg.data)
     engine.train()
     while strategy.global_step < total_steps and state.epoch < max_epochs:
-        micro = micro_batches(encoder.examples(_rows(shard, cfg, state.epoch)), cfg.micro_batch_size, pad_id)
+        micro = micro_batches(encoder.examples(_rows(shard(state.epoch), cfg, state.epoch)), cfg.micro_batch_size, pad_id)
         for _ in islice(micro, state.micro_in_epoch):  # already trained on before the restart
             pass
         stepped = False
-        for group in _synced_steps(micro, accum, world, device):
+        for group in synced_steps(micro, accum, world, device):
             for mb in group:
                 enc_tokens, dec_tokens = batch_token_split(mb, seq2seq)  # counted on the host: no GPU sync
                 window["tokens"] += enc_tokens + dec_tokens
                 window["flops"] += train_flops(n_enc, n_dec, enc_tokens, dec_tokens)
-                mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-                loss = engine(**mb).loss
+                loss = engine(**model_inputs(mb, device)).loss
                 engine.backward(loss)
                 engine.step()
                 window["loss"] += loss.detach()  # stays on the device until the report
@@ -220,6 +229,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             window["steps"] += 1
             state.micro_in_epoch += accum
             step = strategy.global_step
+            _trace(loop_cfg.get("trace"), rank, step, state.epoch, group)
             _maybe_fail(loop_cfg.get("fault"), step, rank)
             final = step >= total_steps
             if final or step % cfg.log_every_n_steps == 0 or step % cfg.checkpoint_every_n_steps == 0:
@@ -270,8 +280,19 @@ def training_summary(
         **lengths,
         "tokens_seen": state.tokens_seen,
         "final_loss": float(state.history[-1]["loss"]) if state.history else None,
+        "final_eval_loss": state.history[-1].get("eval_loss") if state.history else None,
+        "shuffle": cfg.data.shuffle,
         "seed": cfg.seed,
+        "lora": _lora_line(cfg),
     }
+
+
+def _lora_line(cfg: TrainConfig) -> str | None:
+    lo = cfg.lora
+    if lo is None:
+        return None
+    targets = lo.target_modules if isinstance(lo.target_modules, str) else ",".join(lo.target_modules or ["default"])
+    return f"r={lo.r}, alpha={lo.alpha:g}, dropout={lo.dropout:g}, modules={targets}, exported {lo.export}"
 
 
 def _export(
@@ -294,11 +315,17 @@ def _export(
     if dtype == "auto":
         dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
     target = getattr(torch, dtype)
-    state_dict = {k: (v.to(target) if v.is_floating_point() else v).cpu() for k, v in state_dict.items()}
     model = engine.module
+    if cfg.lora:  # merged into an ordinary model, or the adapter alone (its own weights, as trained)
+        from lamini.train.lora import export_model
+
+        model, state_dict = export_model(model, state_dict, cfg, family, zero3=strategy.zero_stage == 3)
+    saved = {"safe_serialization": True}
+    if state_dict is not None:
+        saved["state_dict"] = {k: (v.to(target) if v.is_floating_point() else v).cpu() for k, v in state_dict.items()}
     model.config.use_cache = True
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        model.save_pretrained(tmp, **saved)
         tokenizer.save_pretrained(tmp)
         base, note = describe_base(cfg.model.base, cfg.model.gguf_file)
         write_model_card(tmp, base_model=base, base_model_note=note, family=family, training=training,
@@ -311,23 +338,21 @@ def _export(
     print(f"lamini train: exported the {dtype} model to {run.uri_of('model')}", flush=True)
 
 
-def epoch_sequences(kept_examples: int, example_tokens: int, cfg: TrainConfig, family: str) -> int:
-    """Training sequences one epoch gives, over all workers, from the examples its rows encode to.
+def epoch_sequences(kept_examples: int, packed_sequences: int, cfg: TrainConfig, family: str) -> int:
+    """Training sequences one epoch gives, over all workers, from what its rows encode to.
 
     Without packing each kept example is a sequence (rows whose truncation left nothing to learn
-    are already left out). With packing each worker concatenates its own examples and cuts
-    max_length sequences, the last one partial: Ray Train splits the rows equally (streaming_split
-    with equal=True), so a worker packs about 1/workers of the tokens into
-    ceil(tokens / workers / max_length) sequences. The real shares differ by a few rows, so a
-    worker may run out a step early (the epoch then ends there; see _synced_steps).
+    are already left out). With packing it is the sequences lamini.train.data.pack makes of the
+    examples in the order they were measured; a worker packs its own shard in the epoch's
+    (shuffled) order, so the real count differs by a little either way, and the loop may take the
+    last steps of the plan from one more pass (see plan_steps).
     """
     if not (cfg.data.packing and family == "decoder"):
         return kept_examples
-    workers = cfg.scaling.num_workers
-    return workers * math.ceil(example_tokens / workers / cfg.data.max_length)
+    return packed_sequences
 
 
-def plan_steps(n_sequences: int, cfg: TrainConfig) -> tuple[int, float]:
+def plan_steps(n_sequences: int | None, cfg: TrainConfig) -> tuple[int, float]:
     """(total optimiser steps, epochs to iterate) for the sequences an epoch gives and the config.
 
     n_sequences counts what the workers train on (epoch_sequences: packed sequences with packing,
@@ -335,14 +360,24 @@ def plan_steps(n_sequences: int, cfg: TrainConfig) -> tuple[int, float]:
     and counting rows would plan steps that the epochs never reach, so the cosine schedule would
     stop before it decays. Each worker's shard holds n_sequences / workers; a step takes
     global_batch_size of them. With max_steps the epochs are unbounded (the data repeats until
-    the step count is reached).
+    the step count is reached), or, when n_sequences is known, as many as the steps need.
+
+    One pass more than the plan is allowed when the count is an estimate (packing; several
+    workers, whose shards may end a step early): the last planned steps then come from it, so
+    the learning-rate schedule always runs to its end.
     """
-    steps_per_epoch = n_sequences // cfg.global_batch_size
-    if cfg.max_steps:
+    if n_sequences is None:  # a max_steps run that did not count: unbounded passes
+        assert cfg.max_steps, "an epochs run needs the sequence count"
         return cfg.max_steps, math.inf
+    steps_per_epoch = n_sequences // cfg.global_batch_size
+    margin = int(cfg.data.packing or cfg.scaling.num_workers > 1)
+    if cfg.max_steps:
+        if steps_per_epoch == 0:
+            return cfg.max_steps, math.inf
+        return cfg.max_steps, math.ceil(cfg.max_steps / steps_per_epoch) + margin
     if steps_per_epoch == 0:
         raise ValueError(
             f"the data gives {n_sequences} training sequences per epoch, fewer than one global batch "
             f"({cfg.global_batch_size}); lower global_batch_size or add data"
         )
-    return max(1, int(steps_per_epoch * cfg.epochs)), math.ceil(cfg.epochs)
+    return max(1, int(steps_per_epoch * cfg.epochs)), math.ceil(cfg.epochs) + margin

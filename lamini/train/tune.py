@@ -32,7 +32,9 @@ class TuneSummary:
 
     def line(self) -> str:
         best = (
-            f"best loss {self.best['loss']:.4f} with {self.best['params']}" if self.best else "no trial finished"
+            f"best {self.best['metric']} {self.best[self.best['metric']]:.4f} with {self.best['params']}"
+            if self.best
+            else "no trial finished"
         )
         return f"tune: {len(self.trials)} trials ({self.missing} failed), {best}, {self.wall_s:.0f} s -> {self.run_dir}"
 
@@ -77,12 +79,12 @@ def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lamini.train.trainer import build_dataset, build_trainer
+    from lamini.train.trainer import build_dataset, build_trainer, build_validation
 
     cfg = TrainConfig.model_validate(apply_params(config["train"], config["params"]))
     name = f"trial_{ray.tune.get_context().get_trial_id()}"
     trainer, _ = build_trainer(
-        cfg, build_dataset(cfg), run_root_name=name, callbacks=[TuneReportCallback()],
+        cfg, build_dataset(cfg), build_validation(cfg), run_root_name=name, callbacks=[TuneReportCallback()],
         checkpoint_score=config["checkpoint_score"],  # keep the best checkpoints, not only the newest
     )
     trainer.fit()
@@ -118,15 +120,15 @@ def run_tune(cfg: TuneConfig) -> TuneSummary:
     rd = RunDir(cfg.run_dir)
     train = cfg.train.model_dump(mode="json")
     train["run_dir"] = rd.uri_of("trials")
-    a = cfg.asha
+    a, metric = cfg.asha, cfg.metric
     tuner = tune.Tuner(
         # Tune refuses an empty request; a sliver of a CPU leaves the cores to the trial's workers.
         tune.with_resources(_trial, {"cpu": 0.01}),
-        param_space={"train": train, "params": search_space(cfg), "checkpoint_score": [a.metric, a.mode]},
+        param_space={"train": train, "params": search_space(cfg), "checkpoint_score": [metric, a.mode]},
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(
                 time_attr="step",
-                metric=a.metric,
+                metric=metric,
                 mode=a.mode,
                 max_t=a.max_t,
                 grace_period=a.grace_period,
@@ -151,18 +153,20 @@ def run_tune(cfg: TuneConfig) -> TuneSummary:
             "trial_id": last.get("trial_id"),
             "params": result.config.get("params", {}),
             "steps": last.get("step"),
-            "loss": last.get(a.metric),
+            "loss": last.get("loss"),
+            metric: last.get(metric),
             "stopped_early": last.get("step", 0) < last.get("total_steps", 0),
-            "history": [{"step": r.get("step"), a.metric: r.get(a.metric)} for r in rows],
-            "best_checkpoint": best_checkpoint(rows, a.metric, a.mode, exists),
+            "history": [{"step": r.get("step"), "loss": r.get("loss"), metric: r.get(metric)} for r in rows],
+            "best_checkpoint": best_checkpoint(rows, metric, a.mode, exists),
             "error": repr(result.error) if result.error else None,
         }
         summary.trials.append(trial)
         summary.missing += trial["error"] is not None
-    done = [t for t in summary.trials if t["loss"] is not None and not math.isnan(t["loss"])]
+    done = [t for t in summary.trials if t[metric] is not None and not math.isnan(t[metric])]
     if done:
-        best = min(done, key=lambda t: t["loss"] * (1 if a.mode == "min" else -1))
-        summary.best = {k: best[k] for k in ("trial_id", "params", "loss", "best_checkpoint")}
+        best = min(done, key=lambda t: t[metric] * (1 if a.mode == "min" else -1))
+        summary.best = {k: best[k] for k in ("trial_id", "params", "loss", metric, "best_checkpoint")}
+        summary.best["metric"] = metric
     summary.wall_s = time.perf_counter() - t0
     rd.write_text("tune_summary.json", json.dumps(asdict(summary), indent=2, default=str))
     print(summary.line(), flush=True)
