@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 
 from lamini.config import OpenAITeacherConfig
 from lamini.engines.base import ChatRequest, ChatResult
+from lamini.engines.structured import openai_response_format
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,15 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError):
         return None
+
+
+# Statuses with which endpoints refuse a request field they do not support.
+_FORMAT_REFUSALS = ("http_400", "http_422")
+
+
+def _mentions_format(message: str) -> bool:
+    low = message.lower()
+    return any(w in low for w in ("response_format", "json_schema", "structured output", "response format"))
 
 
 def _is_loopback(url: str) -> bool:
@@ -180,7 +190,9 @@ class OpenAIEngine:
         self._rng = random.Random()
         self._state: _LoopState | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
-        self._send = self._send_aiohttp if cfg.http_client == "aiohttp" else self._send_openai
+        self._send_http = self._send_aiohttp if cfg.http_client == "aiohttp" else self._send_openai
+        self._send = self._send_with_format_fallback
+        self._response_format_ok = True  # until the endpoint refuses one (see _send_with_format_fallback)
 
     # ------------------------------------------------------------------ public API
 
@@ -250,6 +262,8 @@ class OpenAIEngine:
                                 "temperature": req.temperature, "top_p": req.top_p}
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.response_schema is not None and self._response_format_ok:
+            body["response_format"] = openai_response_format(req.response_schema)
         if self.cfg.extra_body:
             body.update(self.cfg.extra_body)
         return body
@@ -296,6 +310,20 @@ class OpenAIEngine:
         return text.replace(key, _REDACTED) if key and key in text else text
 
     # ------------------------------------------------------------------ HTTP paths
+
+    async def _send_with_format_fallback(self, client: Any, payload: dict[str, Any]) -> ChatResult | _Failure:
+        """Send; when the endpoint answers 400 to a `response_format` (an older model, a server
+        without structured outputs), send again without it and leave it off for this engine from
+        then on. The prompt then stands alone: the paper's prompts ask for `<example>` tags, which
+        the instruction parser reads as before."""
+        out = await self._send_http(client, payload)
+        if (isinstance(out, _Failure) and out.kind in _FORMAT_REFUSALS and "response_format" in payload
+                and _mentions_format(out.message)):  # fmt: skip
+            log.warning("endpoint refused response_format (%s): sending without it from now on", out.message[:200])
+            self._response_format_ok = False
+            payload = {k: v for k, v in payload.items() if k != "response_format"}
+            out = await self._send_http(client, payload)
+        return out
 
     def _ensure_state(self) -> _LoopState:
         """The state for the running loop, made lazily (a session must be made inside its loop)."""
