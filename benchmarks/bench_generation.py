@@ -151,11 +151,25 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
     engine.constraint_for(schema)  # xgrammar: tokenizer info + compile once per engine (cached after)
     xgr_setup_s = time.perf_counter() - t0
 
+    mask_s = [0.0, 0]  # seconds inside the constraint's processor, calls (= decoding steps)
+
+    def timed(proc):
+        # The constraint's own cost per step, apart from the model's forward pass: on a shared
+        # machine the wall time per token moves with the load, this much less.
+        def call(input_ids, scores):
+            t0 = time.perf_counter()
+            out = proc(input_ids, scores)
+            mask_s[0] += time.perf_counter() - t0
+            mask_s[1] += 1
+            return out
+
+        return call
+
     def processor(mode: str, rows: int):
         if mode == "xgrammar":
-            return [engine.constraint_for(schema)]
+            return [timed(engine.constraint_for(schema))]
         if mode == "llguidance":
-            return [LLGuidanceProcessor(ll_tok, ll_grammar, rows)]
+            return [timed(LLGuidanceProcessor(ll_tok, ll_grammar, rows))]
         return None
 
     out: dict[str, Any] = {"model": engine.describe(), "load_s": round(load_s, 2), "xgrammar_setup_s": round(xgr_setup_s, 3),
@@ -163,6 +177,7 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
     for temperature, top_p in SAMPLING:
         for mode in ("free", "xgrammar", "llguidance"):
             answers, wall, tokens = [], 0.0, 0
+            mask_s[:] = [0.0, 0]
             for start in range(0, len(texts), batch):
                 chunk = texts[start : start + batch]
                 t0 = time.perf_counter()
@@ -177,11 +192,14 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
             errors = [r.error for r in answers if r.error]
             row = score([r.text for r in answers], [r.finish_reason for r in answers], seed_texts)
             row.update(wall_s=round(wall, 2), completion_tokens=tokens, ms_per_token=round(1000 * wall / max(tokens, 1), 2),
+                       mask_ms_per_step=round(1000 * mask_s[0] / mask_s[1], 3) if mask_s[1] else 0.0,
+                       mask_share_of_wall=round(mask_s[0] / wall, 4) if wall else 0.0,
                        errors=errors[:3], example=(answers[0].text or "")[:300])  # fmt: skip
             out["runs"][f"{mode}@T={temperature}"] = row
             print(f"  embedded {mode:>10} T={temperature}: parse {row['parse_rate']:.0%}, "
                   f"{row['instructions_per_request']} instr/req, {row['accepted_per_request']} accepted/req, "
-                  f"{row['ms_per_token']} ms/token, {row['truncated']} truncated", flush=True)  # fmt: skip
+                  f"{row['ms_per_token']} ms/token (mask {row['mask_ms_per_step']} ms/step, "
+                  f"{row['mask_share_of_wall']:.1%} of wall), {row['truncated']} truncated", flush=True)  # fmt: skip
             if on_row is not None:
                 on_row(out)
     for temperature, _ in SAMPLING:

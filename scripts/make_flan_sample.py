@@ -4,7 +4,7 @@ The FLAN 2022 collection's "T0" submix is the P3 training mixture (the same temp
 rows); its exports are JSONL rows `inputs, targets, task_name, template_type` (+ `_task_source`).
 No FLAN export is in the shared data, so this takes real P3 rows from ../shared/data/p3_sample (the
 T0 mixture, Apache-2.0) and writes them in that format: 12 templates spread over the sorted list,
-the first 5 non-empty rows of each. Deterministic; re-run it to rebuild the file:
+the first 5 rows of each with distinct inputs. Deterministic; re-run it to rebuild the file:
 
     python scripts/make_flan_sample.py
 """
@@ -26,6 +26,8 @@ def main() -> None:
     out = []
     for path in files[::step][:TEMPLATES]:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # P3 repeats an input with another target now and then: one row per input
+        rows = list({r["prompt"]: r for r in reversed(rows)}.values())[::-1]
         for row in rows[:ROWS]:
             out.append({"inputs": row["prompt"], "targets": row["completion"].removesuffix("<|endoftext|>").strip(),
                         "task_name": path.stem, "template_type": "zs_noopt", "_task_source": "T0"})  # fmt: skip

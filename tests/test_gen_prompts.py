@@ -281,3 +281,20 @@ def test_category_table_errors_name_file_and_problem(tmp_path):
         read_category_table(str(neg))
     with pytest.raises(CorpusError, match="table format"):
         read_category_table(str(tmp_path / "d.xlsx"))
+
+
+def test_shipped_flan_sample_is_flan_format_and_prompts_draw_from_one_task():
+    """configs/data/flan_t0_sample.jsonl (real T0-submix rows in the FLAN export format) reads with
+    the flan reader; its prompts ask for 10 and show three examples of one task."""
+    from conftest import ROOT
+
+    spec = _spec("generated_flan", "flan", str(ROOT / "configs" / "data" / "flan_t0_sample.jsonl"))
+    seeds = _seeds(spec)
+    assert spec.per_call == 10 and seeds.num_rows == 60 and len(set(seeds["subset"].to_pylist())) == 12
+    by_task: dict[str, set[str]] = {}
+    for prompt, subset in zip(seeds["prompt"].to_pylist(), seeds["subset"].to_pylist()):
+        by_task.setdefault(subset, set()).add(prompt.strip())
+    table = build_prompts(spec, seeds, 12, seed=0, round=0)
+    for row in table.to_pylist():
+        assert "Generate 10 diverse examples that are similar to the provided examples.\n" in row["prompt"]
+        assert len(json.loads(row["examples"])) == 3 and set(json.loads(row["examples"])) <= by_task[row["subset"]]
