@@ -250,10 +250,10 @@ def test_embedded_smollm2_writes_instructions_that_parse_under_the_schema():
     prompts = build_prompts(spec, read_corpus(spec.seeds, rejects=RejectLog()), 2, seed=0, round=0).column("prompt").to_pylist()
     schema = schema_text(instructions_schema(2))
     teacher = HFEngine(HFTeacherConfig(device="cpu", batch_size=2))
-    gen = GenerationParams(max_tokens=160, temperature=0.7, top_p=0.9, seed=1)
+    gen = GenerationParams(max_tokens=320, temperature=0.7, top_p=0.9, seed=1)
     results = teacher.generate([build_request(p, None, gen, schema) for p in prompts])
     teacher.close()
     for r in results:
         parsed = parse_instructions(r.text, r.finish_reason)
         assert r.ok and r.text.startswith('{"instructions": [{"instruction": "'), r.text
-        assert parsed.reason == "json" and 1 <= len(parsed.instructions) <= 2, r.text
+        assert parsed.reason == "json" and 1 <= len(parsed.instructions) <= 2, r.text  # 2 asked; a cut one is dropped
