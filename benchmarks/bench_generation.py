@@ -129,7 +129,11 @@ class LLGuidanceProcessor:
 SAMPLING = ((0.0, 1.0), (0.7, 0.9))
 
 
-def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, on_row=None) -> dict[str, Any]:
+MODES = ("free", "xgrammar", "llguidance")
+
+
+def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, on_row=None,
+                   modes=MODES, sampling=SAMPLING) -> dict[str, Any]:  # fmt: skip
     import llguidance
     import llguidance.hf
 
@@ -174,8 +178,8 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
 
     out: dict[str, Any] = {"model": engine.describe(), "load_s": round(load_s, 2), "xgrammar_setup_s": round(xgr_setup_s, 3),
                            "prompts": n_prompts, "per_call": per_call, "max_tokens": max_tokens, "runs": {}}  # fmt: skip
-    for temperature, top_p in SAMPLING:
-        for mode in ("free", "xgrammar", "llguidance"):
+    for temperature, top_p in sampling:
+        for mode in modes:
             answers, wall, tokens = [], 0.0, 0
             mask_s[:] = [0.0, 0]
             for start in range(0, len(texts), batch):
@@ -202,10 +206,12 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
                   f"{row['mask_share_of_wall']:.1%} of wall), {row['truncated']} truncated", flush=True)  # fmt: skip
             if on_row is not None:
                 on_row(out)
-    for temperature, _ in SAMPLING:
-        free = out["runs"][f"free@T={temperature}"]["ms_per_token"]
+    for temperature, _ in sampling:
+        free = out["runs"].get(f"free@T={temperature}", {}).get("ms_per_token")
         for mode in ("xgrammar", "llguidance"):
-            run = out["runs"][f"{mode}@T={temperature}"]
+            run = out["runs"].get(f"{mode}@T={temperature}")
+            if run is None or free is None:
+                continue
             run["overhead_ms_per_token"] = round(run["ms_per_token"] - free, 2)
             run["time_ratio_vs_free"] = round(run["ms_per_token"] / free, 3) if free else None
     engine.close()
@@ -252,14 +258,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--fake-prompts", type=int, default=200)
     ap.add_argument("--free-text-rate", type=float, default=0.2, help="fake server: share of prose answers unconstrained")
+    ap.add_argument("--modes", default=",".join(MODES), help="embedded contenders, comma-separated")
+    ap.add_argument("--sampled-only", action="store_true", help="embedded: only T=0.7/top_p 0.9, no greedy")
+    ap.add_argument("--skip-fake", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     if a.quick:
         a.prompts, a.max_tokens, a.fake_prompts = 2, 96, 20
     if not SEEDS.exists():
         sys.exit(f"seed data not found: {SEEDS}")
-    print("fake OpenAI server (paper's 20 per call):", flush=True)
-    fake = bench_fake(a.fake_prompts, 20, a.free_text_rate)
+    fake = None
+    if not a.skip_fake:
+        print("fake OpenAI server (paper's 20 per call):", flush=True)
+        fake = bench_fake(a.fake_prompts, 20, a.free_text_rate)
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor() or platform.machine(),
               "load_avg_at_start": os.getloadavg(), "target_parse_rate": 0.95, "fake_server": fake}  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +279,9 @@ def main() -> None:
         a.out.write_text(json.dumps({**result, "embedded": embedded, "load_avg_now": os.getloadavg()}, indent=2))
 
     print(f"embedded SmolLM2-135M ({a.prompts} prompts x {a.per_call} instructions, {a.max_tokens} tokens):", flush=True)
-    save(bench_embedded(a.prompts, a.per_call, a.max_tokens, a.batch, on_row=save))
+    sampling = SAMPLING[1:] if a.sampled_only else SAMPLING
+    save(bench_embedded(a.prompts, a.per_call, a.max_tokens, a.batch, on_row=save,
+                        modes=tuple(a.modes.split(",")), sampling=sampling))  # fmt: skip
     print(f"wrote {a.out}")
 
 
