@@ -16,7 +16,7 @@ Why xgrammar for `hf` (measured against llguidance on the embedded SmolLM2-135M 
 benchmarks/bench_generation.py, numbers in benchmarks/README.md): both hold every answer to the
 schema; xgrammar's mask costs ~1 ms per decoding step for a batch of 4 (~0.1% of the step, the
 model's forward pass is the rest), the llguidance matcher with our own bitmask-to-logits step
-~18 ms (~2.5%); xgrammar ships a ready transformers LogitsProcessor (llguidance only bitmask
+18-70 ms (1-2.5%); xgrammar ships a ready transformers LogitsProcessor (llguidance only bitmask
 helpers, whose torch one needs torch.compile and a C++ toolchain on CPU), and it is vLLM's
 default structured-output backend (one library for both local engines). lm-format-enforcer
 (a pure-Python character-level parser walked per token) and outlines (a large dependency tree
