@@ -38,7 +38,7 @@ def _config(tmp_path: Path, url: str) -> dict:
         "teacher": {"engine": "openai", "model": "fake", "base_url": url, "api_key_env": "LAMINI_TEST_API_KEY",
                     "max_in_flight": 4, "backoff_base_s": 0.01},
         "instruction_generation": {"max_tokens": 2000, "temperature": 1.0},
-        "response_generation": {"max_tokens": 16},
+        "response_generation": {"max_tokens": 24},  # the echo of a generated instruction fits; 2 alpaca rows do not
         "budget": {"max_rounds": 6},
         "on_error": "skip",
         "analyze": True,
@@ -129,7 +129,15 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
     counts: dict[str, int] = {}
     for s in d_all.column("instruction_source").to_pylist():
         counts[s] = counts.get(s, 0) + 1
-    assert counts == {**TARGETS, "alpaca": 30}
+    # Responses are cut at 24 words: the cut ones are set aside, counted per source, not in D_ALL.
+    truncated = pq.read_table(run_dir / "rejected" / "truncated.parquet")
+    assert truncated.num_rows > 0 and set(truncated.column("finish_reason").to_pylist()) == {"length"}
+    assert "length" not in d_all.column("finish_reason").to_pylist()
+    cut: dict[str, int] = {}
+    for s in truncated.column("instruction_source").to_pylist():
+        cut[s] = cut.get(s, 0) + 1
+    assert {k: counts.get(k, 0) + cut.get(k, 0) for k in {**TARGETS, "alpaca": 30}} == {**TARGETS, "alpaca": 30}
+    assert all(counts.get(k) for k in TARGETS), counts  # D_ALL holds generated rows of every generated source
     ids = d_all.column("id").to_pylist()
     assert len(ids) == len(set(ids))
     generated = [r for r in d_all.to_pylist() if r["instruction_source"] != "alpaca"]
@@ -140,6 +148,7 @@ def test_dataset_end_to_end_killed_and_resumed(fake_openai, tmp_path):
     assert not [r["instruction"] for r in generated if r["instruction"].strip().lower() in seeds]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["summary"]["truncated"] == cut and "truncated set aside" in second.stdout
     rounds = manifest["instruction_rounds"]
     assert rounds and all("dropped_by_filter" in r for r in rounds)
     dropped = {}
@@ -181,7 +190,7 @@ def test_instructions_stage_alone_matches_the_dataset_config(fake_openai, tmp_pa
 
 
 def test_a_copied_seed_instruction_is_dropped_even_when_the_seed_has_an_input():
-    """The teacher is shown bare seed instructions; a word-for-word copy must be caught even where
+    """A teacher may copy a seed's bare instruction; a word-for-word copy must be caught even where
     the seed's joined "instruction:input" prompt is long enough to hide it from ROUGE-L > 0.7."""
     from types import SimpleNamespace
 
@@ -217,6 +226,49 @@ def test_a_copied_seed_instruction_is_dropped_even_when_the_seed_has_an_input():
     )
     assert kept.num_rows == 0, kept.column("instruction").to_pylist()[:3]
     assert dropped.num_rows == len(hidden)
+
+
+def test_structured_rounds_parse_and_count_truncated_answers(fake_openai, ray_local, tmp_path, monkeypatch):
+    """With structured_output on, every generation prompt carries its schema, the endpoint answers
+    JSON and every answer parses, even when half of the unconstrained answers are tagless prose;
+    answers cut by max_tokens are counted per source and keep their complete items."""
+    from lamini.generate.config import InstructionsConfig
+    from lamini.generate.instructions import generate_instructions
+
+    full = _config(tmp_path, fake_openai.url)
+    monkeypatch.setenv("LAMINI_TEST_API_KEY", "unused")
+    fake_openai.configure(free_text_rate=0.5)
+    name = full["generate"][0]["name"]
+
+    def one_round(mode: str, max_tokens: int) -> dict:
+        cfg = InstructionsConfig.model_validate(
+            {"run_dir": str(tmp_path / mode), "sources": [dict(full["generate"][0], target=200)], "seed": 3,
+             "teacher": full["teacher"], "generation": {"max_tokens": max_tokens, "temperature": 1.0},
+             "budget": {"max_rounds": 1}, "structured_output": mode, "pipeline": full["pipeline"]}
+        )  # fmt: skip
+        return generate_instructions(cfg).rounds[0]
+
+    free = one_round("off", 2000)
+    assert free["parse_outcomes"].get("no_tags", 0) > 0 and free["truncated_by_source"] == {}
+    assert "response_format" not in fake_openai.stats()["last_body"]
+    # 20 items of ~20 words each do not fit in 150 words: every answer is cut, its closed items kept
+    constrained = one_round("json_schema", 150)
+    n = constrained["prompts"]
+    assert constrained["parse_outcomes"] == {"json": n, "truncated_last_dropped": n}
+    assert constrained["truncated_by_source"] == {name: n}
+    assert constrained["accepted"] > 0
+    item = fake_openai.stats()["last_body"]["response_format"]["json_schema"]["schema"]["properties"]["instructions"]["items"]
+    assert item["required"] == ["instruction", "input"]
+
+
+def test_split_truncated_sets_cut_off_responses_aside_per_source():
+    from lamini.generate.dataset import split_truncated
+
+    t = pa.table({"instruction": ["a", "b", "c", "d"], "instruction_source": ["x", "x", "y", "y"],
+                  "finish_reason": ["stop", "length", "length", None]})  # fmt: skip
+    kept, cut, by_source = split_truncated(t)
+    assert kept.column("instruction").to_pylist() == ["a", "d"] and cut.column("instruction").to_pylist() == ["b", "c"]
+    assert by_source == {"x": 1, "y": 1}
 
 
 def test_size_round_shares_what_is_left_of_the_budget():

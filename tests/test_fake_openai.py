@@ -192,3 +192,33 @@ def test_stop_ends_the_process_even_with_a_hung_request():
         t0 = time.monotonic()
         srv.stop()
         assert proc.poll() is not None and time.monotonic() - t0 < 2
+
+
+def test_response_format_free_text_and_refusal(fake_openai):
+    """Structured outputs on the fake: a json_schema response_format gets the schema's JSON (at most
+    maxItems); free_text_rate answers unconstrained generation prompts in tagless prose; with
+    structured_outputs off, a response_format is refused with a 400 that names it."""
+    import urllib.error
+    import urllib.request
+
+    prompt = "<example>Name a planet.</example>\nGenerate 6 diverse examples that are similar to the provided examples."
+    schema = {"type": "object", "properties": {"instructions": {"type": "array", "maxItems": 4}}}
+
+    def post(body: dict):
+        r = urllib.request.Request(fake_openai.url + "/chat/completions", data=json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return json.loads(resp.read())["choices"][0]["message"]["content"]
+
+    base = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 500}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    items = json.loads(post({**base, "response_format": fmt}))["instructions"]
+    assert len(items) == 4 and all(set(i) == {"instruction", "input"} for i in items)
+    assert post(base).count("<example>") == 6
+    fake_openai.configure(free_text_rate=1.0)
+    assert "<example>" not in post(base)
+    assert json.loads(post({**base, "response_format": fmt}))["instructions"]  # the schema still wins
+    fake_openai.configure(structured_outputs=False)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post({**base, "response_format": fmt})
+    assert e.value.code == 400 and "response_format" in e.value.read().decode()

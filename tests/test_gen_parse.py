@@ -174,3 +174,51 @@ def test_clean_instruction_leaves_inner_quotes_and_numbers():
     assert clean_instruction("3.14 is pi; explain why.") == "3.14 is pi; explain why."
     assert clean_instruction("Task-based learning: explain it.") == "Task-based learning: explain it."
     assert clean_instruction("Example 4: 4. #4 Compute 2+2.") == "Compute 2+2."
+
+
+# ----------------------------------------------------------------------------- structured (JSON) answers
+
+STRUCTURED = (
+    '{"instructions":[{"instruction":"Name three rivers in Africa.","input":""},'
+    '{"instruction":"Translate the sentence into French","input":"The cat sleeps."},'
+    '{"instruction":"<example>Why is the sky blue?</example>","input":""}]}'
+)
+
+
+def test_structured_json_items_joined_as_instruction_and_input():
+    out = parse_instructions(STRUCTURED, "stop")
+    assert out == ParsedOutput(
+        ["Name three rivers in Africa.", "Translate the sentence into French:The cat sleeps.", "Why is the sky blue?"],
+        False,
+        "json",
+    )
+
+
+def test_structured_json_cut_off_keeps_the_closed_items():
+    cut = STRUCTURED[: STRUCTURED.index("Why is")]
+    out = parse_instructions(cut, "length")
+    assert out.reason == "json" and out.truncated_dropped
+    assert out.instructions == ["Name three rivers in Africa.", "Translate the sentence into French:The cat sleeps."]
+    # cut inside the first item: nothing closed, nothing usable
+    assert parse_instructions(STRUCTURED[:30], "length").reason == "no_instructions"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '```json\n["Name three rivers in Africa.", "List two prime numbers."]\n```',
+        '[{"instruction": "Name three rivers in Africa."}, {"instruction": "List two prime numbers.", "input": null}]',
+    ],
+)
+def test_structured_json_variants(text):
+    out = parse_instructions(text, "stop")
+    assert out.reason == "json" and out.instructions == ["Name three rivers in Africa.", "List two prime numbers."]
+
+
+def test_json_that_is_not_the_shape_goes_to_the_tag_rules():
+    assert parse_instructions('{"answer": 42}', "stop").reason == "no_tags"
+    # a tagged answer that starts with a brace is still read by its tags
+    out = parse_instructions("{note} <example>Name a planet.</example>", "stop")
+    assert out.reason == "ok" and out.instructions == ["Name a planet."]
+    # a bracket that opens no JSON: the tags decide
+    assert parse_instructions("[1] <example>Name a planet.</example>", "stop").instructions == ["Name a planet."]

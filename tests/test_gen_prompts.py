@@ -96,23 +96,32 @@ def test_braces_in_examples_are_left_alone():
 # ----------------------------------------------------------------------------- build_prompts
 
 
-def test_self_instruct_prompts_three_examples_from_one_subset(self_instruct):
+def test_self_instruct_prompts_three_tasks_from_all_of_self_instruct_with_their_inputs(self_instruct):
+    """The paper: three seed tasks drawn at random from the whole self-instruct set (not from one of
+    its subsets), each shown as "$instruction:$input"; 20 asked per call."""
     spec, seeds = self_instruct
-    table = build_prompts(spec, seeds, 50, seed=0, round=0)
-    assert table.schema == PROMPT_SCHEMA and table.num_rows == 50
-    by_subset: dict[str, set[str]] = {}
-    for inst, subset in zip(seeds["instruction"].to_pylist(), seeds["subset"].to_pylist()):
-        by_subset.setdefault(subset, set()).add(inst.strip())
+    table = build_prompts(spec, seeds, 60, seed=0, round=0)
+    assert table.schema == PROMPT_SCHEMA and table.num_rows == 60
+    subset_of: dict[str, str] = {}
+    for prompt, subset in zip(seeds["prompt"].to_pylist(), seeds["subset"].to_pylist()):
+        subset_of[prompt.strip()] = subset
+    mixed = 0
     for row in table.to_pylist():
         blocks = _blocks(row["prompt"])
         assert len(blocks) == 3 and len(set(blocks)) == 3
         assert blocks == json.loads(row["examples"])
-        assert set(blocks) <= by_subset[row["subset"]], "examples must share one subset"
+        assert set(blocks) <= set(subset_of), "every example is a seed's joined prompt"
+        mixed += len({subset_of[b] for b in blocks}) > 1
         assert "Generate 20 diverse examples that are similar to the provided examples.\n" in row["prompt"]
         assert row["source"] == "self_instruct_without_topic" and row["per_call"] == 20 and row["topics"] == "[]"
-    # Both self-instruct subsets turn up, roughly in proportion (149 generation vs 26 classification).
-    subsets = table["subset"].to_pylist()
-    assert subsets.count("generation") > subsets.count("classification") > 0
+        assert row["subset"] == ""  # drawn from the whole set: no one subset
+    # 149 generation + 26 classification tasks: a draw of three mixes them in about 40% of prompts
+    assert mixed > 5
+    # seeds with an input are shown with it, joined as the paper joins them
+    shown = {b for row in table.to_pylist() for b in _blocks(row["prompt"])}
+    with_input = {p.strip() for p, i in zip(seeds["prompt"].to_pylist(), seeds["input"].to_pylist()) if i and i.strip()}
+    assert shown & with_input, "some drawn seeds carry an input and show it as $instruction:$input"
+    assert all(":" in b for b in shown & with_input)
 
 
 def test_p3_prompts_ask_for_10_and_use_the_whole_prompt(p3):
@@ -180,12 +189,12 @@ def test_topic_mode_three_self_instruct_examples_and_three_topics(self_instruct)
     topics = load_topics(spec.topics)
     table = build_prompts(spec, seeds, 25, seed=3, round=0)  # topics read from spec.topics
     assert table.equals(build_prompts(spec, seeds, 25, seed=3, round=0, topics=list(reversed(topics))))
-    instructions = {s.strip() for s in seeds["instruction"].to_pylist()}
+    shown = {s.strip() for s in seeds["prompt"].to_pylist()}  # "$instruction:$input"
     for row in table.to_pylist():
         chosen = json.loads(row["topics"])
         assert len(chosen) == 3 and len(set(chosen)) == 3 and set(chosen) <= set(topics)
         assert f'with the topics "{", ".join(chosen)}".\n' in row["prompt"]
-        assert len(_blocks(row["prompt"])) == 3 and set(_blocks(row["prompt"])) <= instructions
+        assert len(_blocks(row["prompt"])) == 3 and set(_blocks(row["prompt"])) <= shown
 
 
 def test_bad_seed_tables_are_refused(self_instruct):
@@ -272,3 +281,20 @@ def test_category_table_errors_name_file_and_problem(tmp_path):
         read_category_table(str(neg))
     with pytest.raises(CorpusError, match="table format"):
         read_category_table(str(tmp_path / "d.xlsx"))
+
+
+def test_shipped_flan_sample_is_flan_format_and_prompts_draw_from_one_task():
+    """configs/data/flan_t0_sample.jsonl (real T0-submix rows in the FLAN export format) reads with
+    the flan reader; its prompts ask for 10 and show three examples of one task."""
+    from conftest import ROOT
+
+    spec = _spec("generated_flan", "flan", str(ROOT / "configs" / "data" / "flan_t0_sample.jsonl"))
+    seeds = _seeds(spec)
+    assert spec.per_call == 10 and seeds.num_rows == 60 and len(set(seeds["subset"].to_pylist())) == 12
+    by_task: dict[str, set[str]] = {}
+    for prompt, subset in zip(seeds["prompt"].to_pylist(), seeds["subset"].to_pylist()):
+        by_task.setdefault(subset, set()).add(prompt.strip())
+    table = build_prompts(spec, seeds, 12, seed=0, round=0)
+    for row in table.to_pylist():
+        assert "Generate 10 diverse examples that are similar to the provided examples.\n" in row["prompt"]
+        assert len(json.loads(row["examples"])) == 3 and set(json.loads(row["examples"])) <= by_task[row["subset"]]

@@ -412,3 +412,48 @@ def test_input_and_output_token_limits_take_the_prompt_and_keep_only_the_written
     prompt_estimate = (len("be brief") + len("hi")) / 4
     assert t._itpm.level == 100 - prompt_estimate
     assert t._otpm.level == 100 - 2
+
+
+# ----------------------------------------------------------------------------- structured outputs
+
+SCHEMA = ('{"additionalProperties":false,"properties":{"instructions":{"items":{"maxLength":50,"type":"string"},'
+          '"maxItems":2,"type":"array"}},"required":["instructions"],"type":"object"}')
+GEN_PROMPT = "<example>Name a planet.</example>\nGenerate 5 diverse examples that are similar to the provided examples."
+
+
+def test_response_format_is_sent_and_honoured(fake_openai, http_client):
+    """A request carrying a schema goes out with response_format (strict json_schema, without the
+    length bounds strict endpoints refuse); the fake endpoint, like a real structured-output one,
+    answers with JSON of that schema."""
+    out = run(teacher(fake_openai, http_client), [req(GEN_PROMPT, 400, response_schema=SCHEMA)])[0]
+    body = fake_openai.stats()["last_body"]
+    portable = {"additionalProperties": False, "properties": {"instructions": {"items": {"type": "string"}, "type": "array"}},
+                "required": ["instructions"], "type": "object"}  # fmt: skip
+    assert body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "generated_instructions", "schema": portable, "strict": True}
+    }  # fmt: skip
+    assert out.ok and len(json.loads(out.text)["instructions"]) == 5  # the prompt's "Generate 5"
+    run(teacher(fake_openai, http_client), [req("plain question")])
+    assert "response_format" not in fake_openai.stats()["last_body"]  # no schema, no response_format
+
+
+def test_refused_response_format_falls_back_to_the_prompt_alone(fake_openai, http_client):
+    """An endpoint without structured outputs answers 400 to response_format: the engine sends the
+    request again without it, and leaves it off for the rest of its requests."""
+    fake_openai.configure(structured_outputs=False)
+    t = teacher(fake_openai, http_client)
+    try:
+        # 8 at once: one probes, the others wait for its answer instead of each being refused
+        first = t.generate([req(GEN_PROMPT + f" #{i}", 400, response_schema=SCHEMA) for i in range(8)])
+        assert all(r.ok and r.text.startswith("<example>") for r in first)  # the paper's tags: the prompt's own format
+        assert fake_openai.stats()["faults"] == {"response_format": 1} and fake_openai.stats()["requests"] == 9
+        fake_openai.reset_stats()
+        more = t.generate([req(GEN_PROMPT + f" {i}", 400, response_schema=SCHEMA) for i in range(3)])
+        assert all(r.ok for r in more)
+        assert fake_openai.stats()["requests"] == 3 and fake_openai.stats()["faults"] == {}  # not tried again
+    finally:
+        t.close()
+    # any other 400 is still a final error, not a reason to drop the format
+    t = teacher(fake_openai, http_client)
+    bad = run(t, [req("[fault:400] x", response_schema=SCHEMA)])[0]
+    assert bad.error_kind == "http_400" and t._response_format_ok is not False

@@ -186,3 +186,14 @@ def test_apply_vllm_end_to_end_on_tiny_model(tmp_path, request):
     for r in out:
         assert r["error"] is None, r["error"]
         assert r["finish_reason"] in {"stop", "length"} and 0 < r["completion_tokens"] <= 8 and r["prompt_tokens"] > 0
+
+
+def test_a_row_with_a_response_schema_gets_structured_outputs():
+    """vLLM's structured outputs through Ray's processor: `structured_outputs` in the row's
+    sampling_params (Ray 2.60's vLLM stage makes vllm's StructuredOutputsParams of it), the schema
+    kept as JSON text; the schema column itself rides along like any input column."""
+    schema = '{"properties":{"instructions":{"type":"array"}},"type":"object"}'
+    out = to_vllm_row({**ROW, "response_schema": schema}, None, GenerationParams(max_tokens=8, temperature=0.0))
+    assert out["sampling_params"]["structured_outputs"] == {"json": schema}
+    assert out["response_schema"] == schema
+    assert "structured_outputs" not in to_vllm_row(ROW, None, GenerationParams())["sampling_params"]

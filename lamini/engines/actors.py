@@ -37,6 +37,7 @@ from lamini.engines.base import (
     build_request,
     text_request,
 )
+from lamini.engines.structured import RESPONSE_SCHEMA
 from lamini.models.spec import StudentServing
 
 
@@ -93,7 +94,11 @@ class EngineUDF:
                 pass
 
     def _requests(self, batch: pa.Table) -> list[ChatRequest]:
-        return [self.to_request(p) for p in batch.column("prompt").to_pylist()]
+        requests = [self.to_request(p) for p in batch.column("prompt").to_pylist()]
+        if RESPONSE_SCHEMA in batch.column_names:  # rows that carry their own output schema
+            for req, schema in zip(requests, batch.column(RESPONSE_SCHEMA).to_pylist()):
+                req.response_schema = schema
+        return requests
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = self.engine.generate(self._requests(batch))

@@ -21,7 +21,8 @@ from lamini.config import GenerationParams
 class ChatRequest:
     """One request. `messages` is the OpenAI list of {role, content}, rendered with the model's chat
     template; a student is sent `text` instead, the finished prompt it continues as it is.
-    `min_tokens` > 0 suppresses EOS until that many tokens are written (benchmarks)."""
+    `min_tokens` > 0 suppresses EOS until that many tokens are written (benchmarks).
+    `response_schema`: a JSON schema (JSON text) the answer must follow (lamini.engines.structured)."""
 
     messages: list[dict[str, str]]
     max_tokens: int = 512
@@ -30,6 +31,7 @@ class ChatRequest:
     seed: int | None = None
     text: str | None = None
     min_tokens: int = 0
+    response_schema: str | None = None
 
 
 @dataclass
@@ -156,18 +158,22 @@ def text_request(text: str, gen: GenerationParams, min_tokens: int = 0) -> ChatR
     )  # fmt: skip
 
 
-def build_request(prompt: str, system_prompt: str | None, gen: GenerationParams) -> ChatRequest:
+def build_request(
+    prompt: str, system_prompt: str | None, gen: GenerationParams, response_schema: str | None = None
+) -> ChatRequest:
     """Pure: one instruction (already joined as '$instruction:$input') -> a ChatRequest.
 
     The system message is the paper's unless the config sets another (or None for no system message).
+    response_schema: the JSON schema (JSON text) the answer must follow, if any.
     """
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     messages.append({"role": "user", "content": prompt})
     return ChatRequest(
-        messages=messages, max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed
-    )
+        messages=messages, max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed,
+        response_schema=response_schema,
+    )  # fmt: skip
 
 
 class Secret:

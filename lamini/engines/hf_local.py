@@ -104,6 +104,8 @@ class HFEngine:
         self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_ids = model_eos_ids(model, tokenizer)
+        self._constraint = None  # GrammarConstraint, built on the first request with a schema
+        self._warned_unconstrained = False
 
     @staticmethod
     def _device_dtype(cfg: HFTeacherConfig):
@@ -143,7 +145,7 @@ class HFEngine:
             # A rendered chat prompt already holds any BOS the model wants; a plain text does not.
             specials = req.text is not None or not self.has_chat_template
             key = (req.max_tokens, 0.0 if greedy else req.temperature, 1.0 if greedy else req.top_p, req.seed,
-                   req.min_tokens, specials)  # fmt: skip
+                   req.min_tokens, specials, req.response_schema)  # fmt: skip
             groups.setdefault(key, []).append((i, prompt))
         for key, items in groups.items():
             outs = by_length_chunks([p for _, p in items], self.batch_size, lambda ps: self._generate_chunk(ps, *key))
@@ -154,10 +156,38 @@ class HFEngine:
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return self.generate(requests)
 
+    def constraint_for(self, schema_json: str | None):
+        """A fresh logits processor that keeps one generate() call to `schema_json`, or None
+        (no schema, or xgrammar not installed: then the output is free and the log says so once)."""
+        if schema_json is None:
+            return None
+        if self._constraint is None:
+            from lamini.engines.structured import (
+                INSTALL_HINT,
+                GrammarConstraint,
+                have_xgrammar,
+            )
+
+            if not have_xgrammar():
+                if not self._warned_unconstrained:
+                    log.warning("xgrammar is not installed: requests with a response schema are decoded "
+                                "unconstrained (`%s` for constrained decoding)", INSTALL_HINT)  # fmt: skip
+                    self._warned_unconstrained = True
+                return None
+            # the model's vocabulary may be padded past the tokenizer's: the mask must cover every logit
+            vocab = max(int(self.model.config.get_text_config().vocab_size), len(self.tokenizer))
+            self._constraint = GrammarConstraint(self.tokenizer, vocab, self.eos_ids)
+        return self._constraint.processor(schema_json)
+
     def _generate_chunk(
         self, prompts: list[str], max_tokens: int, temperature: float, top_p: float, seed: int | None,
-        min_tokens: int, add_special_tokens: bool,
+        min_tokens: int, add_special_tokens: bool, response_schema: str | None = None,
     ) -> list[ChatResult]:  # fmt: skip
+        try:
+            processor = self.constraint_for(response_schema)
+        except Exception as e:  # noqa: BLE001 - a schema the grammar compiler refuses fails its rows only
+            msg = f"response schema not usable: {type(e).__name__}: {e}"
+            return [ChatResult(error=msg, error_kind="bad_request") for _ in prompts]
         return batched_generate(
             self.model,
             self.tokenizer,
@@ -170,6 +200,7 @@ class HFEngine:
             max_input_tokens=self.max_input_tokens,
             add_special_tokens=add_special_tokens,
             min_tokens=min_tokens,
+            logits_processors=[processor] if processor is not None else None,
         )
 
     def close(self) -> None:
@@ -193,12 +224,14 @@ def batched_generate(
     max_input_tokens: int,
     add_special_tokens: bool = True,
     min_tokens: int = 0,
+    logits_processors: list | None = None,
 ) -> list[ChatResult]:
     """One generate() call over `prompts` -> one ChatResult per prompt (teachers and students share it).
 
     Works for causal LMs (the tokenizer must pad on the left) and encoder-decoder models (the
     output holds only the decoder's ids, after its start token). `min_tokens` > 0 suppresses EOS
-    until that many tokens are written (benchmarks use it for equal-length outputs). A failure
+    until that many tokens are written (benchmarks use it for equal-length outputs).
+    `logits_processors` (e.g. a structured-output constraint) go to generate() as they are. A failure
     (OOM, invalid parameters) comes back as error results for every prompt of the call.
     """
     import torch
@@ -223,6 +256,8 @@ def batched_generate(
             sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if min_tokens:
             sampling["min_new_tokens"] = min(min_tokens, max_tokens)
+        if logits_processors:
+            sampling["logits_processor"] = logits_processors
         if seed is not None:
             torch.manual_seed(seed)  # seeds CUDA too
         with torch.inference_mode():

@@ -46,6 +46,7 @@ from lamini.engines.http_guards import (
     prompt_tokens_max,
     resolve_headers,
 )
+from lamini.engines.structured import openai_response_format
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError):
         return None
+
+
+# Statuses with which endpoints refuse a request field they do not support.
+_FORMAT_REFUSALS = ("http_400", "http_422")
+
+
+def _mentions_format(message: str) -> bool:
+    low = message.lower()
+    return any(w in low for w in ("response_format", "json_schema", "structured output", "response format"))
 
 
 def _is_loopback(url: str) -> bool:
@@ -218,7 +228,12 @@ class OpenAIEngine:
         self.budget: Any = None
         self._state: _LoopState | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
-        self._send = self._send_aiohttp if cfg.http_client == "aiohttp" else self._send_openai
+        self._send_http = self._send_aiohttp if cfg.http_client == "aiohttp" else self._send_openai
+        self._send = self._send_with_format_fallback
+        # Whether the endpoint takes response_format: None until its first answer to one, then
+        # True, or False once it refused (see _send_with_format_fallback).
+        self._response_format_ok: bool | None = None
+        self._format_probe: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -320,6 +335,8 @@ class OpenAIEngine:
                                 "temperature": req.temperature, "top_p": req.top_p}
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.response_schema is not None and self._response_format_ok is not False:
+            body["response_format"] = openai_response_format(req.response_schema)
         if self.cfg.extra_body:
             body.update(self.cfg.extra_body)
         return body
@@ -417,6 +434,38 @@ class OpenAIEngine:
         return text
 
     # ------------------------------------------------------------------ HTTP paths
+
+    async def _send_with_format_fallback(self, client: Any, payload: dict[str, Any]) -> ChatResult | _Failure:
+        """Send; when the endpoint answers 400 to a `response_format` (an older model, a server
+        without structured outputs), send again without it and leave it off for this engine from
+        then on. The prompt then stands alone: the paper's prompts ask for `<example>` tags, which
+        the instruction parser reads as before.
+
+        Until the endpoint has answered one request with a response_format, the others that carry
+        one wait for that answer (a per-loop lock), so a refusing endpoint costs one extra request,
+        not one per request already in flight."""
+        if "response_format" not in payload:
+            return await self._send_http(client, payload)
+        if self._response_format_ok is None:
+            loop = asyncio.get_running_loop()
+            if self._format_probe is None or self._format_probe[0] is not loop:
+                self._format_probe = (loop, asyncio.Lock())
+            async with self._format_probe[1]:
+                if self._response_format_ok is None:  # this request is the probe
+                    return await self._send_probing(client, payload)
+        if self._response_format_ok is False:  # refused while this request waited
+            payload = {k: v for k, v in payload.items() if k != "response_format"}
+        return await self._send_http(client, payload)
+
+    async def _send_probing(self, client: Any, payload: dict[str, Any]) -> ChatResult | _Failure:
+        out = await self._send_http(client, payload)
+        if isinstance(out, _Failure) and out.kind in _FORMAT_REFUSALS and _mentions_format(out.message):
+            log.warning("endpoint refused response_format (%s): sending without it from now on", out.message[:200])
+            self._response_format_ok = False
+            return await self._send_http(client, {k: v for k, v in payload.items() if k != "response_format"})
+        if isinstance(out, ChatResult):
+            self._response_format_ok = True
+        return out  # any other failure says nothing about the format: the next request probes again
 
     def _ensure_state(self) -> _LoopState:
         """The state for the running loop, made lazily (a session must be made inside its loop)."""

@@ -42,6 +42,7 @@ from lamini.engines.base import (
     build_request,
     result_to_columns,
 )
+from lamini.engines.structured import RESPONSE_SCHEMA, vllm_structured_outputs
 from lamini.models.spec import ServedStudent, StudentServing
 
 PROMPT_COLUMN = "prompt"  # lamini.corpus.CORPUS_SCHEMA: the text the teacher is sent
@@ -77,6 +78,8 @@ def sampling_params_of(req: ChatRequest) -> dict[str, Any]:
         params["seed"] = req.seed
     if req.min_tokens:
         params["min_tokens"] = req.min_tokens
+    if req.response_schema is not None:  # Ray's vLLM stage makes vllm's StructuredOutputsParams of it
+        params["structured_outputs"] = vllm_structured_outputs(req.response_schema)
     return params
 
 
@@ -84,10 +87,11 @@ def to_vllm_row(row: dict[str, Any], system_prompt: str | None, gen: GenerationP
     """Our request row (needs `prompt`) -> the row Ray's vLLM processor takes.
 
     Adds `messages` (system + user) and `sampling_params` (max_tokens, temperature,
-    top_p, seed when set, from `gen`). Keeps every input column
+    top_p, seed when set, from `gen`; `structured_outputs` when the row carries a
+    RESPONSE_SCHEMA). Keeps every input column
     (`id` included); one whose name the engine uses travels as STASH + name.
     """
-    req = build_request(row[PROMPT_COLUMN], system_prompt, gen)
+    req = build_request(row[PROMPT_COLUMN], system_prompt, gen, row.get(RESPONSE_SCHEMA))
     out = _carry(row)
     out["messages"] = req.messages
     out["sampling_params"] = sampling_params_of(req)
@@ -331,7 +335,7 @@ class VLLMEngine:
         """One result per request, in order; a failed batch returns error results."""
         if not requests:
             return []
-        params = [self._vllm.SamplingParams(**sampling_params_of(r)) for r in requests]
+        params = [self._sampling_params(r) for r in requests]
         t0 = time.perf_counter()
         try:
             if all(r.text is not None for r in requests):
@@ -356,6 +360,12 @@ class VLLMEngine:
                 )
             )
         return results
+
+    def _sampling_params(self, req: ChatRequest):
+        kwargs = sampling_params_of(req)
+        if "structured_outputs" in kwargs:
+            kwargs["structured_outputs"] = self._vllm.sampling_params.StructuredOutputsParams(**kwargs["structured_outputs"])
+        return self._vllm.SamplingParams(**kwargs)
 
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return self.generate(requests)

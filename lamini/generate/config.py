@@ -35,6 +35,14 @@ ALPACA_BLACKLIST = [
 ]  # fmt: skip
 
 
+StructuredOutput = Literal["json_schema", "off"]
+STRUCTURED_OUTPUT_HELP = (
+    "Instruction generation: json_schema constrains the teacher's answer to a JSON list of per_call "
+    "{instruction, input} items (hf: xgrammar; openai: response_format, dropped if the endpoint refuses it; "
+    "vllm: structured_outputs); off sends the paper's prompts unconstrained. Both parse the paper's tags too."
+)
+
+
 class TopicsConfig(StrictModel):
     """Wikipedia categories for topic-guided generation (paper 3.1, Figure 7)."""
 
@@ -115,6 +123,7 @@ class InstructionsConfig(StrictModel):
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Filters for generated instructions.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Limits on rounds, requests and tokens.")
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad seed rows: stop (raise) or send to rejects (skip).")
+    structured_output: StructuredOutput = Field("json_schema", description=STRUCTURED_OUTPUT_HELP)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
@@ -153,6 +162,12 @@ class DatasetConfig(StrictModel):
     toxicity: ToxicitySettings | None = Field(None, description="Optional detoxify filter over the assembled dataset.")
     analyze: bool = Field(True, description="Write the analysis report of D_ALL at the end.")
     on_error: Literal["raise", "skip"] = Field("raise", description="Bad input rows: stop (raise) or send to rejects (skip).")
+    structured_output: StructuredOutput = Field("json_schema", description=STRUCTURED_OUTPUT_HELP)
+    keep_truncated: bool = Field(
+        False,
+        description="Keep responses the teacher was cut off in (finish_reason 'length') in D_ALL; by default they go to "
+        "rejected/truncated.parquet, counted per source in the manifest and the summary.",
+    )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Actor pool and block sizes.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="Ray connection.")
 
@@ -162,7 +177,8 @@ class DatasetConfig(StrictModel):
         return InstructionsConfig(
             run_dir=self.run_dir, sources=self.generate, teacher=self.teacher,
             generation=self.instruction_generation, seed=self.seed, overgenerate=self.overgenerate,
-            filters=self.filters, budget=self.budget, on_error=self.on_error, pipeline=self.pipeline, ray=self.ray,
+            filters=self.filters, budget=self.budget, on_error=self.on_error, structured_output=self.structured_output,
+            pipeline=self.pipeline, ray=self.ray,
         )  # fmt: skip
 
     _default_engine = field_validator("teacher", mode="before")(ResponsesConfig._default_engine.__func__)

@@ -36,8 +36,25 @@ log = logging.getLogger(__name__)
 
 D_ALL = "dataset/lamini_instruction.parquet"
 TOXIC_DROPPED = "rejected/toxic_dropped.parquet"  # outside dataset/: not part of D_ALL's split
+TRUNCATED = "rejected/truncated.parquet"  # responses cut off by max_tokens (keep_truncated: false)
 # Where runs written before rejected/ existed kept the dropped rows (removed when such a run is re-run).
 _OLD_TOXIC_DROPPED = "dataset/toxic_dropped.parquet"
+
+
+def split_truncated(responses: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """(complete rows, rows the teacher was cut off in (finish_reason "length"), cut-off count per
+    instruction_source). A cut-off response is a half answer: trained on, it teaches a student
+    to stop mid-sentence."""
+    import pyarrow.compute as pc
+
+    if not responses.num_rows:
+        return responses, responses, {}
+    cut = pc.fill_null(pc.equal(responses.column("finish_reason"), "length"), False)
+    truncated = responses.filter(cut)
+    by_source: dict[str, int] = {}
+    for src in truncated.column(INSTRUCTION_SOURCE).to_pylist():
+        by_source[src] = by_source.get(src, 0) + 1
+    return responses.filter(pc.invert(cut)), truncated, by_source
 
 
 def _generated_rows(instructions: pa.Table) -> pa.Table:
@@ -75,12 +92,17 @@ class DatasetSummary:
     report: str | None
     wall_s: float
     missing: int = 0
+    truncated: dict[str, int] | None = None  # cut-off responses per source (kept or set aside)
+    truncated_kept: bool = False
+    truncated_generation_answers: dict[str, int] | None = None  # instruction-generation answers cut off, per source
 
     def line(self) -> str:
         per = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_source.items()))
         rep = f" | report: {self.report}" if self.report else ""
+        cut = sum((self.truncated or {}).values())
         return (
             f"dataset: {self.rows} rows in D_ALL ({per}) | {self.response_errors} response errors | "
+            f"{cut} truncated {'kept' if self.truncated_kept else 'set aside'} | "
             f"{self.toxic_dropped} toxic dropped | {self.wall_s:.1f} s -> {self.run_dir}/{D_ALL}{rep}"
         )
 
@@ -116,6 +138,14 @@ def run_dataset(cfg: DatasetConfig) -> DatasetSummary:
     )  # fmt: skip
     d_all = responses_run.read_table("dataset/responses.parquet")
     run.makedirs("dataset")
+    kept, truncated, truncated_by_source = split_truncated(d_all)
+    if cfg.keep_truncated:
+        if run.exists(TRUNCATED):  # an earlier attempt's set-aside rows are back in D_ALL now
+            run.delete(run.path(TRUNCATED))
+    else:
+        d_all = kept
+        run.makedirs(posixpath.dirname(TRUNCATED))
+        run.write_table(TRUNCATED, truncated)
 
     toxic_dropped = 0
     if cfg.toxicity is not None:
@@ -147,6 +177,8 @@ def run_dataset(cfg: DatasetConfig) -> DatasetSummary:
         run_dir=run.uri, generated=generated, originals=originals.num_rows if originals is not None else 0,
         rows=d_all.num_rows, by_source=by_source, response_errors=done.counts.errors,
         toxic_dropped=toxic_dropped, report=report_path, wall_s=round(time.time() - t0, 3),
+        truncated=truncated_by_source, truncated_kept=cfg.keep_truncated,
+        truncated_generation_answers=gen_state.truncated() if gen_state else {},
     )  # fmt: skip
     c = done.counts
     mf.write(run, "dataset", cfg, seed=cfg.seed, summary=summary.__dict__,

@@ -67,6 +67,14 @@ class GenerationState:
     def count(self, name: str) -> int:
         return len(self.accepted.get(name, []))
 
+    def truncated(self) -> dict[str, int]:
+        """Answers cut off by max_tokens over all rounds, per source (their cut item was dropped)."""
+        out: dict[str, int] = {}
+        for r in self.rounds:
+            for name, n in r.get("truncated_by_source", {}).items():
+                out[name] = out.get(name, 0) + n
+        return out
+
     def table(self) -> pa.Table:
         rows = [r for name in sorted(self.accepted) for r in self.accepted[name]]
         return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
@@ -117,6 +125,32 @@ def _parse_round(outputs: pa.Table, round_no: int) -> tuple[list[dict], dict[str
                 }
             )
     return cands, outcomes
+
+
+def _truncated_by_source(outputs: pa.Table) -> dict[str, int]:
+    """Answers the teacher was cut off in (finish_reason "length"), per source: their complete
+    instructions are kept, the one being written is dropped (lamini.generate.parse)."""
+    counts: dict[str, int] = {}
+    if not outputs.num_rows:
+        return counts
+    for src, finish in zip(outputs.column("instruction_source").to_pylist(), outputs.column("finish_reason").to_pylist()):
+        if finish == "length":
+            counts[src] = counts.get(src, 0) + 1
+    return counts
+
+
+def _with_schema(prompts: pa.Table, structured_output: str) -> pa.Table:
+    """The round's prompts, each carrying the JSON schema of its own per_call when output is constrained."""
+    from lamini.generate.structured import (
+        RESPONSE_SCHEMA,
+        instructions_schema,
+        schema_text,
+    )
+
+    if structured_output == "off":
+        return prompts
+    texts = {n: schema_text(instructions_schema(n)) for n in set(prompts.column("per_call").to_pylist())}
+    return prompts.append_column(RESPONSE_SCHEMA, pa.array([texts[n] for n in prompts.column("per_call").to_pylist()], pa.string()))
 
 
 def _filter_round(
@@ -257,6 +291,7 @@ def generate_instructions(cfg: InstructionsConfig) -> GenerationState:
             state.stop_reason = stop
             break
         prompts = pa.concat_tables([tables[name].slice(0, n) for name, n in sizes.items() if n])
+        prompts = _with_schema(prompts, cfg.structured_output)
         log.info("round %d: %d prompts for %s", round_no, prompts.num_rows, [s.name for s in short])
         round_run = RunDir(run.uri_of(rdir))
         done = answer_table(
@@ -279,6 +314,7 @@ def generate_instructions(cfg: InstructionsConfig) -> GenerationState:
             "outputs_ok": done.counts.ok,
             "output_errors": done.counts.errors,
             "parse_outcomes": outcomes,
+            "truncated_by_source": _truncated_by_source(outputs),
             "candidates": cands.num_rows,
             "dropped_by_filter": counts,
             "accepted": kept.num_rows,
@@ -314,11 +350,13 @@ class InstructionsSummary:
     stop_reason: str
     wall_s: float
     missing: int = 0  # instructions are not input rows: nothing can be "missing" here
+    truncated: dict[str, int] | None = None  # answers cut off by max_tokens, per source
 
     def line(self) -> str:
         per = ", ".join(f"{k}: {self.accepted[k]}/{self.targets[k]}" for k in self.targets)
         return (
             f"instructions: {per} | {self.rounds} rounds | {self.requests} requests | {self.tokens} tokens | "
+            f"{sum((self.truncated or {}).values())} answers truncated | "
             f"stopped: {self.stop_reason} | {self.wall_s:.1f} s -> {self.run_dir}/dataset/instructions.parquet"
         )
 
@@ -341,6 +379,7 @@ def run_instructions(cfg: InstructionsConfig) -> InstructionsSummary:
         tokens=state.tokens,
         stop_reason=state.stop_reason,
         wall_s=round(time.time() - t0, 3),
+        truncated=state.truncated(),
     )
     mf.write(run, "instructions", cfg, seed=cfg.seed, summary=summary.__dict__, rounds=state.rounds)
     return summary

@@ -16,6 +16,14 @@ each handled here rather than raised, so that a round's statistics can count the
 * no tags at all: a numbered list ("1. ... 2. ...") is accepted as the list of
   instructions; anything else gives zero instructions with reason ``no_tags``.
 
+Structured outputs (lamini.generate.structured) come first: an answer that is the JSON object
+``{"instructions": [{"instruction": ..., "input": ...}, ...]}`` (or a bare list of such items
+or strings, or the same inside a ```json fence) gives its items, each joined as the paper joins
+an instruction with its input, ``"$instruction:$input"`` (reason ``json``). JSON cut off by
+``max_tokens`` keeps its complete items and drops the cut one (``truncated_dropped``), as for
+tags. Text that is not such JSON goes on to the tag rules above, so a teacher whose endpoint
+refused the schema, or any old run, parses as before.
+
 Truncation policy: when ``finish_reason == "length"`` the teacher was cut off, so an
 unclosed last block (or the last item of an untagged numbered list) is incomplete and is
 dropped (``truncated_dropped=True``). With any other finish reason ("stop", or unknown)
@@ -24,12 +32,16 @@ the teacher chose to end there: an unclosed last block is a forgotten closing ta
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
-REASONS = ("ok", "numbered_list", "no_tags", "no_instructions", "empty", "error")
-"""Outcomes: instructions from tags / from an untagged numbered list; tagless prose; tags but
-nothing usable inside; no text; the request itself failed (``finish_reason == "error"``)."""
+from lamini.corpus.schema import join_prompt
+
+REASONS = ("json", "ok", "numbered_list", "no_tags", "no_instructions", "empty", "error")
+"""Outcomes: instructions from the structured JSON / from tags / from an untagged numbered list;
+tagless prose; tags or JSON but nothing usable inside; no text; the request itself failed
+(``finish_reason == "error"``)."""
 
 _OPEN = re.compile(r"<\s*example\s*\d*\s*>", re.IGNORECASE)
 _CLOSE = re.compile(r"<\s*/\s*example\s*\d*\s*>", re.IGNORECASE)
@@ -123,6 +135,72 @@ def _numbered_items(text: str) -> list[str]:
     return ["\n".join(lines) for lines in items]
 
 
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*(?:```)?$", re.S | re.IGNORECASE)
+_DECODER = json.JSONDecoder()
+
+
+def _item_text(item: object) -> str:
+    """One JSON item -> the instruction text ("" if unusable): a string, or {instruction, input}."""
+    if isinstance(item, str):
+        instruction, input_ = item, ""
+    elif isinstance(item, dict) and isinstance(item.get("instruction"), str):
+        instruction, input_ = item["instruction"], item.get("input")
+        input_ = input_ if isinstance(input_, str) else ""
+    else:
+        return ""
+    # The prompt shows examples in tags: a model may copy a tag into the JSON string.
+    instruction = clean_instruction(_TAG.sub("", instruction))
+    input_ = _TAG.sub("", input_).strip()
+    return join_prompt(instruction, input_) if instruction else ""
+
+
+def _json_items(text: str) -> tuple[list[object], bool] | None:
+    """(items, whether the JSON was complete) of a structured answer, or None when it is not one.
+
+    Complete JSON is read whole. Otherwise (cut off by max_tokens, or a remark after it) the
+    `instructions` list (or a bare list) is read item by item with the standard decoder's
+    raw_decode, keeping every item that closed: one being written when the teacher stopped is
+    lost, as with tags.
+    """
+    body = text.strip()
+    m = _FENCE.match(body)
+    if m and body.startswith("```"):
+        body = m.group(1)
+    if not body or body[0] not in "{[":
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        pass
+    else:
+        if isinstance(data, dict) and isinstance(data.get("instructions"), list):
+            return data["instructions"], True
+        if isinstance(data, list):
+            return data, True
+        return None
+    # Incomplete JSON: find the list and decode its items one by one.
+    if body[0] == "{":
+        key = re.match(r'\{\s*"instructions"\s*:\s*\[', body)
+        if key is None:
+            return None
+        pos = key.end()
+    else:
+        pos = 1
+    items: list[object] = []
+    while True:
+        while pos < len(body) and body[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(body):
+            return items, False
+        if body[pos] == "]":  # the list closed: whatever follows (a remark) is not an item
+            return items, True
+        try:
+            item, pos = _DECODER.raw_decode(body, pos)
+        except ValueError:
+            return items, False
+        items.append(item)
+
+
 def parse_instructions(text: str | None, finish_reason: str | None) -> ParsedOutput:
     """Parse one teacher output; never raises on any text (see the module docstring for the rules)."""
     if finish_reason == "error":
@@ -130,6 +208,13 @@ def parse_instructions(text: str | None, finish_reason: str | None) -> ParsedOut
     if text is None or not text.strip():
         return ParsedOutput([], False, "empty")
     cut_off = finish_reason == "length"
+    structured = _json_items(text)
+    if structured is not None:
+        items, complete = structured
+        instructions = [t for t in (_item_text(i) for i in items) if t]
+        # "[1] <example>...": a bracket, not the JSON shape; nothing usable in it, so the tags decide
+        if instructions or not _TAG.search(text):
+            return ParsedOutput(instructions, not complete, "json" if instructions else "no_instructions")
     blocks, unclosed, tagged = _tagged_blocks(text)
     truncated = False
     if tagged:

@@ -33,7 +33,7 @@ PROMPT_SCHEMA = pa.schema(
         pa.field("id", pa.string()),  # prompt_id(spec.name, round, index, seed)
         pa.field("prompt", pa.string()),  # the whole user message sent to the teacher
         pa.field("source", pa.string()),  # spec.name: the instruction_source of what comes back
-        pa.field("subset", pa.string()),  # the seed subset all examples of this prompt share
+        pa.field("subset", pa.string()),  # the seed subset all examples share ("" when drawn from the whole set)
         pa.field("per_call", pa.int64()),  # instructions asked for ({n} of the template)
         pa.field("examples", pa.string()),  # JSON list of the example texts, in prompt order
         pa.field("topics", pa.string()),  # JSON list of the topics ("[]" in example mode)
@@ -42,11 +42,12 @@ PROMPT_SCHEMA = pa.schema(
 )
 """Columns of the table :func:`build_prompts` returns."""
 
-# Seed formats whose examples are the bare instruction. Self-instruct's own generation
-# prompts show instructions without their inputs; Alpaca and user-oriented rows are built
-# the same way. Every other format (p3, flan, oig, lamini, generic) stores the whole task
-# in the instruction, so its example is the joined prompt (identical when there is no input).
-_INSTRUCTION_FORMATS = frozenset({"self_instruct", "user_oriented", "alpaca"})
+# Every example is the seed's joined prompt, "$instruction:$input" (the instruction alone when it
+# has no input): the paper shows seeds with their inputs so generated instructions may carry one.
+# Seed formats whose examples are drawn from the whole seed set (the paper: "three seed tasks at
+# random" from self-instruct); every other format (p3, flan: one task template per subset) draws
+# its three from one subset, since a P3/FLAN prompt only makes sense next to its own template's.
+_WHOLE_POOL_FORMATS = frozenset({"self_instruct", "user_oriented", "alpaca"})
 _SEED_COLUMNS = ("instruction", "prompt", "source", "subset")
 # The template (lamini/prompts/<name>.txt) each generation mode fills.
 TEMPLATES = {"example": "example_guided", "topic": "topic_guided"}
@@ -99,7 +100,7 @@ def sampling_seed(seed: int, name: str, round: int, index: int) -> int:
 
 @dataclass(frozen=True)
 class _SeedPool:
-    """Seed examples grouped by (source, subset), in an order independent of the table's row order."""
+    """Seed examples grouped (one group, or one per (source, subset)), in an order independent of the table's row order."""
 
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (subset, sorted unique example texts)
     cum_sizes: tuple[int, ...]  # running total of group sizes, for a size-weighted pick
@@ -109,18 +110,25 @@ class _SeedPool:
         missing = [c for c in _SEED_COLUMNS if c not in seeds.column_names]
         if missing:
             raise ValueError(f"seed table lacks column(s) {missing}; it must follow CORPUS_SCHEMA")
-        text_col = "instruction" if seed_format in _INSTRUCTION_FORMATS else "prompt"
-        by_key: dict[tuple[str, str], set[str]] = {}
-        for text, source, subset in zip(
-            seeds.column(text_col).to_pylist(), seeds.column("source").to_pylist(), seeds.column("subset").to_pylist()
-        ):
+        text_col = "prompt"
+        whole = seed_format in _WHOLE_POOL_FORMATS
+        by_key: dict[tuple[str, str], dict[str, str]] = {}
+        for text, inst, source, subset in zip(
+            seeds.column(text_col).to_pylist(), seeds.column("instruction").to_pylist(),
+            seeds.column("source").to_pylist(), seeds.column("subset").to_pylist(),
+        ):  # fmt: skip
             if text is None or not text.strip():
                 continue
-            # Unique texts: a self-instruct task with several instances is one example, not several.
-            by_key.setdefault((source or "", subset or ""), set()).add(text.strip())
+            key = ("", "") if whole else (source or "", subset or "")
+            # One example per task: a self-instruct task with several instances shows its first
+            # (sorted) instance, so it is not drawn several times as often as a one-instance task.
+            task = (inst or text).strip()
+            shown = by_key.setdefault(key, {})
+            if task not in shown or text.strip() < shown[task]:
+                shown[task] = text.strip()
         if not by_key:
             raise ValueError(f"seed table has no usable {text_col!r} text ({seeds.num_rows} rows)")
-        groups = tuple((subset, tuple(sorted(texts))) for (_, subset), texts in sorted(by_key.items()))
+        groups = tuple((subset, tuple(sorted(texts.values()))) for (_, subset), texts in sorted(by_key.items()))
         cum, total = [], 0
         for _, texts in groups:
             total += len(texts)
@@ -128,10 +136,11 @@ class _SeedPool:
         return cls(groups, tuple(cum))
 
     def draw(self, rng: random.Random, k: int) -> tuple[str, list[str]]:
-        """One subset chosen with probability proportional to its size, and up to ``k`` of its examples.
+        """One group chosen with probability proportional to its size, and up to ``k`` of its examples.
 
-        Equivalent to the paper's "pick a random seed, then more from its source and subset":
-        a uniform pick over all examples lands in a group in proportion to its size.
+        Self-instruct-like seeds form one group (the whole seed set, subset ""); P3/FLAN seeds
+        one group per (source, subset), which is the paper's "pick a random seed, then more from
+        its subset": a uniform pick over all examples lands in a group in proportion to its size.
         """
         g = bisect.bisect_right(self.cum_sizes, rng.randrange(self.cum_sizes[-1]))
         subset, texts = self.groups[g]
@@ -151,8 +160,9 @@ def build_prompts(
     """Prompts ``start .. start + n_prompts - 1`` of one round of one source, as a :data:`PROMPT_SCHEMA` table.
 
     ``seeds`` is a CORPUS_SCHEMA table read from ``spec.seeds``; each prompt holds
-    ``spec.examples_per_prompt`` examples of one (source, subset) of it (fewer when the
-    subset is smaller) and asks for ``spec.per_call`` instructions. In ``topic`` mode each
+    ``spec.examples_per_prompt`` examples, as "$instruction:$input", drawn from the whole seed set
+    (self-instruct, Alpaca, user-oriented) or from one (source, subset) of it (P3, FLAN; fewer when
+    the subset is smaller) and asks for ``spec.per_call`` instructions. In ``topic`` mode each
     prompt also names ``spec.topics.per_prompt`` topics drawn from ``topics`` (read with
     :func:`lamini.generate.topics.load_topics` from ``spec.topics`` when not given).
     The same (spec, seeds, seed, round, index) always gives the same prompt.

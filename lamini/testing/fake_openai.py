@@ -16,9 +16,12 @@ counted as whitespace words. Three prompt kinds get teacher-like replies instead
 (lamini.testing.fake_replies):
 instruction-generation prompts (N <example> blocks), the hallucination judge's rubric
 ("VERDICT: ...\nREASON: ..." by `fake_judge_verdict`) and the user-oriented judge's rubric
-("GRADE: A-D\nREASON: ..." by `fake_grade`). The Batch API (/v1/files, /v1/batches, with
-expiry and partial failure) is lamini.testing.fake_batches. GET /admin/stats[?detail=1], POST
-/admin/config, POST /admin/reset, GET /health.
+("GRADE: A-D\nREASON: ..." by `fake_grade`). A generation request with a `response_format`
+json_schema gets the same instructions as that JSON (`structured_reply`), or a 400 when the
+setting structured_outputs is off; `free_text_rate` answers that share of unconstrained ones in
+tagless prose. The Batch API (/v1/files, /v1/batches, with expiry and partial failure) is
+lamini.testing.fake_batches. GET /admin/stats[?detail=1], POST /admin/config, POST /admin/reset,
+GET /health.
 
 Faults, by marker in the user message: "[fault:KIND]" fails every attempt of that prompt,
 "[fault:KINDxN]" fails its first N attempts and then succeeds; or at random with
@@ -77,6 +80,8 @@ class _Server:
             "latency_s": latency_s, "seed": seed, "fault_rate": fault_rate, "fault_kinds": list(fault_kinds),
             "retry_after_s": retry_after_s, "expected_api_key": None, "known_models": None,
             "ratelimit_requests": None, "ratelimit_window_s": 1.0, "record_headers": [], "batch_latency_s": 0.0,
+            # structured outputs (see _structured): honour response_format, or refuse it with a 400
+            "structured_outputs": True, "free_text_rate": 0.0,
         }
         self.rng = random.Random(seed)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -186,7 +191,8 @@ class _Server:
             if name.lower() in headers:
                 self.recorded.setdefault(name.lower(), []).append(headers[name.lower()])
         limit_headers, over = self._ratelimit(now)
-        kind = self._auth_fault(headers) or self._model_fault(req) or over or self._fault(prompt, n)
+        kind = (self._auth_fault(headers) or self._model_fault(req) or over or self._fault(prompt, n)
+                or self._format_fault(req))
         self.outcomes.setdefault(prompt, []).append(kind or "ok")
         if kind:
             self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -272,6 +278,12 @@ class _Server:
             return self.rng.choice(kinds)
         return None
 
+    def _format_fault(self, req: dict) -> str | None:
+        """A server without structured outputs refuses a response_format, as older endpoints do."""
+        if req.get("response_format") and not self.settings["structured_outputs"]:
+            return "response_format"
+        return None
+
     def _answer(self, conn: "_Conn", kind: str | None, req: dict, prompt: str, messages: list,
                 limit_headers: bytes = b"") -> None:
         if conn.closed:  # the client gave up (timeout) while we slept; connection_lost counted it
@@ -281,7 +293,12 @@ class _Server:
         self.in_flight -= 1
         conn.pending = False
         if kind is None or kind == "empty_choices":
-            conn.send(200, _completion(req, prompt, messages, empty=kind is not None, served=self.served), limit_headers)
+            reply = _structured(req, prompt, self.settings["free_text_rate"])
+            conn.send(200, _completion(req, prompt, messages, empty=kind is not None, served=self.served, reply=reply),
+                      limit_headers)
+        elif kind == "response_format":
+            conn.send(400, _error_body("response_format of type json_schema is not supported by this model (fake)",
+                                       "invalid_request_error"))  # fmt: skip
         elif kind == "malformed":
             conn.send(200, b"<html>upstream error: this is not JSON")
         elif kind == "disconnect":
@@ -322,8 +339,26 @@ def _error_body(message: str, kind: str, code: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
 
-def _completion(req: dict, prompt: str, messages: list, empty: bool, served: dict[str, int] | None = None) -> bytes:
-    generated = canned_reply(prompt)
+def _structured(req: dict, prompt: str, free_text_rate: float) -> str | None:
+    """The reply to an instruction-generation prompt, as structured outputs shape it: the JSON its
+    response_format's schema asks for; without one, with probability free_text_rate (seeded per
+    prompt), prose that ignores the prompt's tags, as a weak teacher writes. None: the canned reply."""
+    from lamini.testing.fake_replies import free_text_reply, structured_reply
+
+    fmt = req.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return structured_reply(prompt, (fmt.get("json_schema") or {}).get("schema"))
+    if free_text_rate > 0 and canned_reply(prompt) is not None:
+        import zlib
+
+        if random.Random(zlib.crc32(prompt.encode()) ^ 0x5EED).random() < free_text_rate:
+            return free_text_reply(prompt)
+    return None
+
+
+def _completion(req: dict, prompt: str, messages: list, empty: bool, served: dict[str, int] | None = None,
+                reply: str | None = None) -> bytes:
+    generated = reply if reply is not None else canned_reply(prompt)
     words = generated.split(" ") if generated is not None else ("echo: " + prompt).split()
     max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
     finish = "stop"
@@ -568,7 +603,8 @@ class FakeOpenAIServer:
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change settings at runtime: latency_s, seed, fault_rate, fault_kinds, retry_after_s, expected_api_key,
         known_models (a list of model names; None: every model is known), ratelimit_requests, ratelimit_window_s,
-        record_headers."""
+        record_headers, structured_outputs (False: refuse response_format with a 400), free_text_rate (share of
+        unconstrained generation prompts answered in tagless prose)."""
         if "fault_kinds" in changes:
             changes["fault_kinds"] = list(changes["fault_kinds"])
         return self._admin("POST", "/admin/config", changes)

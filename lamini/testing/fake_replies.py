@@ -30,6 +30,36 @@ def _generation_reply(prompt: str) -> str | None:
     """A teacher-like answer to an instruction-generation prompt (Figures 6/7 of LaMini-LM):
     N `<example>` blocks, deterministic per prompt, with the flaws real teachers show now and
     then (a copy of a prompt example, a blacklisted word, a repeat) so filters have work."""
+    items = _generation_items(prompt)
+    if items is None:
+        return None
+    return "\n".join(f"<example>{x}</example>" for x in items)
+
+
+def structured_reply(prompt: str, schema: dict | None) -> str | None:
+    """The same instructions as `_generation_reply`, as the JSON a server with structured outputs
+    writes for lamini.generate.structured's schema: {"instructions": [{"instruction", "input"}]},
+    at most the schema's maxItems of them. None when `prompt` is no generation prompt."""
+    import json
+
+    items = _generation_items(prompt)
+    if items is None:
+        return None
+    try:
+        most = schema["properties"]["instructions"]["maxItems"]
+    except (KeyError, TypeError):
+        most = len(items)
+    return json.dumps({"instructions": [{"instruction": x, "input": ""} for x in items[:most]]})
+
+
+def free_text_reply(prompt: str) -> str:
+    """What a teacher that ignores the format writes: a chatty list with no tags and no numbers
+    (parse outcome `no_tags`), deterministic per prompt."""
+    items = _generation_items(prompt) or ["Say hello."]
+    return "Sure! Here are some ideas you could try: " + " Also, ".join(x.rstrip(".") for x in items[:3]) + "."
+
+
+def _generation_items(prompt: str) -> list[str] | None:
     m = _GENERATE.search(prompt)
     if not m:
         return None
@@ -53,7 +83,7 @@ def _generation_reply(prompt: str) -> str | None:
                     f"in {rng.randint(2, 9)} {rng.choice(['steps', 'sentences', 'bullet points', 'lines'])} "
                     f"(variant {rng.randint(0, 10**6)}).")
         out.append(text)
-    return "\n".join(f"<example>{x}</example>" for x in out)
+    return out
 
 
 _JUDGE = re.compile(r"<answer>\n(.*?)\n</answer>.*VERDICT:", re.S)
@@ -107,4 +137,4 @@ def canned_reply(prompt: str) -> str | None:
     return None
 
 
-__all__ = ["REFUSALS", "canned_reply", "fake_grade", "fake_judge_verdict"]
+__all__ = ["REFUSALS", "canned_reply", "fake_grade", "fake_judge_verdict", "free_text_reply", "structured_reply"]
