@@ -1,44 +1,11 @@
-"""Ray Data's progress on a non-interactive stdout is one compact line per interval."""
+"""Ray Data's progress on a non-interactive stdout is one compact line per interval.
+
+A real CLI run under a pipe is tests/test_responses_pipeline.py::test_cli_progress_in_a_log_is_one_line_per_interval;
+Ray's own logging calls, test_ray_datas_non_interactive_progress_block_becomes_one_line there."""
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import textwrap
-
-from conftest import RAY_TMP, ROOT
-
-# A driver whose stdout is a pipe (as under `ray job submit` or in CI): Ray Data then logs its
-# progress every RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL seconds instead of drawing bars.
-DRIVER = textwrap.dedent("""
-    import time, ray
-    from lamini.config import RayInitConfig
-    from lamini.runs.ray_env import init_ray
-
-    init_ray(RayInitConfig(num_cpus=2, temp_dir=%r))
-    def slow(batch):
-        time.sleep(0.5)
-        return batch
-    n = ray.data.range(40, override_num_blocks=8).map_batches(slow, batch_size=5).count()
-    print("COUNT", n, flush=True)
-""")
-
-
-def test_progress_blocks_become_one_line_each(tmp_path):
-    env = dict(os.environ, RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL="1", PYTHONPATH=str(ROOT))
-    env.pop("RAY_DATA_DISABLE_PROGRESS_BARS", None)  # the test session turns them off; this driver wants them
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-c", DRIVER % str(RAY_TMP / "progress")], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    text = out.stdout + out.stderr
-    assert out.returncode == 0 and "COUNT 40" in text, text[-3000:]
-    lines = [line for line in text.splitlines() if "logging_progress" in line]
-    compact = [line for line in lines if "] " in line and " rows" in line]
-    assert len(compact) >= 2, text[-3000:]  # several intervals were logged, each as one line
-    assert not [line for line in lines if "=====" in line or "Tasks:" in line], lines  # no multi-line blocks
-    assert any("MapBatches(slow)" in line and "/40" in line for line in compact), compact
 
 
 def test_filter_folds_a_block_and_keeps_other_messages():
@@ -58,3 +25,20 @@ def test_filter_folds_a_block_and_keeps_other_messages():
         "[ds_7] 120/400 rows | MapBatches(EngineUDF) 100/400 (actors 2, in flight 4) | Write 80/400 (tasks 3)"]
     other = rec("Progress will be logged because stdout is a non-interactive terminal.")
     assert f.filter(other) and other.getMessage().startswith("Progress will be logged")
+
+
+def test_blocks_of_datasets_running_at_once_stay_apart():
+    """The herd runs several Ray Data executions at once, each logging from its own thread."""
+    from lamini.runs.progress_log import CompactProgress
+
+    f = CompactProgress()
+
+    def rec(msg: str, thread: int) -> logging.LogRecord:
+        r = logging.LogRecord("x", logging.INFO, __file__, 1, msg, None, None)
+        r.thread = thread
+        return r
+
+    a = ["======= Running Dataset: ds_a =======", "Total Progress: 1/10", "Read: 1/10", "=" * 38]
+    b = ["======= Running Dataset: ds_b =======", "Total Progress: 7/9", "Write: 7/9", "=" * 38]
+    interleaved = [rec(m, t) for pair in zip(a, b) for m, t in zip(pair, (1, 2))]
+    assert [r.getMessage() for r in interleaved if f.filter(r)] == ["[ds_a] 1/10 rows | Read 1/10", "[ds_b] 7/9 rows | Write 7/9"]
