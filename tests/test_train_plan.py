@@ -91,7 +91,11 @@ def test_epochs_plan_leaves_out_rows_truncation_drops(causal_tok):
     assert plan_steps(epoch_sequences(kept, 0, cfg, "decoder"), cfg)[0] == seen // 4 * 2
     with pytest.raises(ValueError, match="fewer than one global batch"):
         plan_steps(3, cfg)
-    assert plan_steps(3, _cfg(max_steps=7)) == (7, math.inf)
+    # fewer sequences than a global batch: each epoch still steps once on its smaller micro batch,
+    # so a shuffled run needs one dataset per step (a herd's ablation sample of 16 rows hit this)
+    assert plan_steps(3, _cfg(max_steps=7)) == (7, 7)
+    assert plan_steps(3, _cfg(max_steps=7, micro_batch_size=2)) == (7, 7)  # micro batches of 2 and 1: one step
+    assert plan_steps(1, _cfg(max_steps=7, micro_batch_size=2)) == (7, 1)  # one micro batch of 2 needed: no step
     assert plan_steps(None, _cfg(max_steps=7)) == (7, math.inf)
 
 

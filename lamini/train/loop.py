@@ -373,7 +373,15 @@ def plan_steps(n_sequences: int | None, cfg: TrainConfig) -> tuple[int, float]:
     margin = int(cfg.data.packing or cfg.scaling.num_workers > 1)
     if cfg.max_steps:
         if steps_per_epoch == 0:
-            return cfg.max_steps, math.inf
+            # Fewer sequences than one global batch. The loop still steps when each worker's
+            # shard fills `accum` micro batches, the last one smaller (micro_batches keeps it), so
+            # an epoch may give a step; each epoch's shuffled dataset must then exist (a herd's
+            # small ablation sample hit this: "Dataset shard for 'train_1' not found").
+            micro = math.ceil(n_sequences // cfg.scaling.num_workers / cfg.micro_batch_size)
+            loop_steps = micro // cfg.grad_accum_steps
+            if loop_steps == 0:  # every epoch is empty: the loop stops after the first
+                return cfg.max_steps, 1
+            return cfg.max_steps, math.ceil(cfg.max_steps / loop_steps) + margin
         return cfg.max_steps, math.ceil(cfg.max_steps / steps_per_epoch) + margin
     if steps_per_epoch == 0:
         raise ValueError(
