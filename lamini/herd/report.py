@@ -256,7 +256,7 @@ def _names(plans) -> list[str]:
     return out
 
 
-def _unjudged(plans, evals, lay, stage: str, answers: str, sheets: str, shown: int = 3) -> str:
+def _unjudged(plans, lay, stage: str, answers: str, sheets: str, shown: int = 3) -> str:
     """A probe that ran with no judge has answers but no counts: say where the answers and rating
     sheets are, show the first `shown` items with every model's answer (so a reader sees at a
     glance what the students say), and how the table fills in."""
@@ -278,7 +278,7 @@ def _unjudged(plans, evals, lay, stage: str, answers: str, sheets: str, shown: i
 def _hallucination(plans, docs, evals, lay, paper) -> str:
     doc = docs.get("hallucination")
     if doc is None and "hallucination" in evals and "error" not in evals["hallucination"]:
-        return "## Hallucination (Table 5)\n\n" + _unjudged(plans, evals, lay, "hallucination", "answers", "ratings_sheet.csv")
+        return "## Hallucination (Table 5)\n\n" + _unjudged(plans, lay, "hallucination", "answers", "ratings_sheet.csv")
     if doc is None:
         return "## Hallucination (Table 5)\n\n" + _not_run(evals, "hallucination")
     names = [n for n in _names(plans) if any(n in c for c in doc["judges"].values())]
@@ -305,7 +305,7 @@ def _toxicity(plans, docs, evals, paper) -> str:
 def _user_oriented(plans, docs, evals, lay) -> str:
     doc = docs.get("user_oriented")
     if doc is None and "user_oriented" in evals and "error" not in evals["user_oriented"]:
-        return "## User-oriented instructions (Figure 5)\n\n" + _unjudged(plans, evals, lay, "user_oriented", "responses", "sheets")
+        return "## User-oriented instructions (Figure 5)\n\n" + _unjudged(plans, lay, "user_oriented", "responses", "sheets")
     if doc is None:
         return "## User-oriented instructions (Figure 5)\n\n" + _not_run(evals, "user_oriented")
     src = RunDir(lay.eval_dir("user_oriented"))

@@ -10,6 +10,7 @@ from lamini.config import RayInitConfig
 
 log = logging.getLogger(__name__)
 
+
 def init_ray(cfg: RayInitConfig, dashboard: bool = False) -> None:
     """Attach to cfg.address or $RAY_ADDRESS (set by `ray job submit`); else start a local Ray.
 
