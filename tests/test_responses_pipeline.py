@@ -435,16 +435,23 @@ def test_cli_yaml_syntax_error_is_one_line(tmp_path):
     assert out.stderr.startswith(f"lamini responses: error: {cfg}:5:") and "YAML syntax error" in out.stderr
 
 
+def _say_config(tmp_path: Path, url: str, rows: int, max_in_flight: int, batch_size: int, rows_per_block: int,
+                tag: str) -> Path:  # fmt: skip
+    """cfg.yaml of a responses run over `rows` "Say i." instructions, one actor, its own local Ray."""
+    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(rows)])
+    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
+           "teacher": _openai_teacher(url, max_in_flight=max_in_flight),
+           "pipeline": {"batch_size": batch_size, "rows_per_block": rows_per_block, "max_actors": 1},
+           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-{tag}-{os.getpid()}"}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_ctrl_c_stops_with_one_line_and_exit_130(fake_openai, tmp_path):
     """SIGINT to the process group (what a terminal's Ctrl-C does) mid-run."""
     fake_openai.configure(latency_s=0.5)
-    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(400)])
-    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
-           "teacher": _openai_teacher(fake_openai.url, max_in_flight=4),
-           "pipeline": {"batch_size": 8, "rows_per_block": 40, "max_actors": 1},
-           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-int-{os.getpid()}"}}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _say_config(tmp_path, fake_openai.url, rows=400, max_in_flight=4, batch_size=8, rows_per_block=40, tag="int")
     env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_DISABLE_PROGRESS_BARS="1")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "lamini.cli", "responses", "--config", str(path)], cwd=ROOT,
@@ -501,13 +508,7 @@ def test_ray_datas_non_interactive_progress_block_becomes_one_line():
 def test_cli_progress_in_a_log_is_one_line_per_interval(fake_openai, tmp_path):
     """A real run with stdout not a terminal and Ray Data's progress on: its report is one line each time."""
     fake_openai.configure(latency_s=0.05)
-    src = _write_rows(tmp_path / "qs.jsonl", [{"instruction": f"Say {i}."} for i in range(120)])
-    cfg = {"run_dir": str(tmp_path / "run"), "corpora": [{"format": "generic", "path": str(src)}],
-           "teacher": _openai_teacher(fake_openai.url, max_in_flight=2),
-           "pipeline": {"batch_size": 4, "rows_per_block": 20, "max_actors": 1},
-           "ray": {"num_cpus": 2, "temp_dir": f"/tmp/lamini-prog-{os.getpid()}"}}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _say_config(tmp_path, fake_openai.url, rows=120, max_in_flight=2, batch_size=4, rows_per_block=20, tag="prog")
     env = dict(os.environ, LAMINI_TEST_API_KEY="unused", RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL="1")
     env.pop("RAY_DATA_DISABLE_PROGRESS_BARS", None)
     env.pop("RAY_ADDRESS", None)
