@@ -4,22 +4,16 @@ virtualenv (benchmarks/peers.py makes it). Prints one JSON line: rows, ok, run_s
     python curator_driver.py --url URL --prompts prompts.jsonl --system S --in-flight 512 --max-tokens 64
 """
 
-import argparse
 import json
 import os
 import tempfile
 import time
 
+import driver_args
+
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--url", required=True)
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--system", required=True)
-    p.add_argument("--in-flight", type=int, default=512)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.7)
-    a = p.parse_args()
+    a, rows = driver_args.parse()
     os.environ.setdefault("CURATOR_CACHE_DIR", tempfile.mkdtemp(prefix="curator-"))
     os.environ.setdefault("TELEMETRY_ENABLED", "false")
     os.environ.setdefault("OPENAI_API_KEY", "unused")
@@ -39,14 +33,13 @@ def main() -> None:
         def parse(self, row, response):
             return {"id": row["id"], "response": response}
 
-    rows = [json.loads(line) for line in open(a.prompts, encoding="utf-8")]
     t0 = time.monotonic()
     llm = Respond(
         model_name="fake-teacher", backend="openai",
         generation_params={"max_tokens": a.max_tokens, "temperature": a.temperature},
         # Its rate limiter otherwise starts from a guess for an unknown model: give it room, as
         # a user with a high tier would, and the same in-flight as ours.
-        backend_params={"base_url": a.url + "/v1" if not a.url.endswith("/v1") else a.url, "api_key": "unused",
+        backend_params={"base_url": a.url, "api_key": "unused",
                         "max_requests_per_minute": 10_000_000, "max_tokens_per_minute": 10_000_000_000,
                         "max_concurrent_requests": a.in_flight, "max_retries": 0, "require_all_responses": False},
     )

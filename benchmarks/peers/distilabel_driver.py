@@ -4,23 +4,16 @@ virtualenv (benchmarks/peers.py makes it). Prints one JSON line: rows, ok, run_s
     python distilabel_driver.py --url URL --prompts prompts.jsonl --system S --in-flight 512 --max-tokens 64
 """
 
-import argparse
 import json
 import os
 import tempfile
 import time
 
+import driver_args
+
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--url", required=True)
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--system", required=True)
-    p.add_argument("--in-flight", type=int, default=512)
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.7)
-    a = p.parse_args()
+    a, rows = driver_args.parse([("--replicas", {"type": int, "default": 2})])
     os.environ.setdefault("DISTILABEL_CACHE_DIR", tempfile.mkdtemp(prefix="distilabel-"))
 
     from distilabel.models import OpenAILLM
@@ -28,7 +21,6 @@ def main() -> None:
     from distilabel.steps import LoadDataFromDicts, StepResources
     from distilabel.steps.tasks import TextGeneration
 
-    rows = [json.loads(line) for line in open(a.prompts, encoding="utf-8")]
     # distilabel's AsyncLLM sends a whole input batch at once (asyncio.gather), so a step's
     # in-flight is its input_batch_size; replicas run as separate processes.
     batch = max(1, a.in_flight // a.replicas)
@@ -36,7 +28,7 @@ def main() -> None:
     with Pipeline(name="lamini-bench", cache_dir=os.environ["DISTILABEL_CACHE_DIR"]) as pipeline:
         load = LoadDataFromDicts(data=[{"instruction": r["prompt"]} for r in rows], batch_size=batch)
         gen = TextGeneration(
-            llm=OpenAILLM(model="fake-teacher", base_url=a.url + "/v1" if not a.url.endswith("/v1") else a.url,
+            llm=OpenAILLM(model="fake-teacher", base_url=a.url,
                           api_key="unused", max_retries=0, timeout=60,
                           generation_kwargs={"max_new_tokens": a.max_tokens, "temperature": a.temperature}),
             system_prompt=a.system, input_batch_size=batch, resources=StepResources(replicas=a.replicas),
