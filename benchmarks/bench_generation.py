@@ -72,12 +72,15 @@ def score(texts: list[str | None], finishes: list[str | None], seed_texts: list[
 
     reasons: dict[str, int] = {}
     cands: list[str] = []
+    unparsed: list[str] = []
     parsed_ok = 0
     for text, finish in zip(texts, finishes):
         p = parse_instructions(text, finish)
         reasons[p.reason] = reasons.get(p.reason, 0) + 1
         parsed_ok += bool(p.instructions)
         cands.extend(p.instructions)
+        if not p.instructions and len(unparsed) < 3:
+            unparsed.append((text or "")[:400])
     filters = FilterConfig()
     table = pa.table({"instruction": pa.array(cands, pa.string())})
     kept, _, _ = apply_filters(table, "instruction", filters, {normalize(t) for t in seed_texts})
@@ -86,7 +89,7 @@ def score(texts: list[str | None], finishes: list[str | None], seed_texts: list[
     return {
         "requests": len(texts), "parse_rate": round(parsed_ok / n, 3), "parse_outcomes": reasons,
         "instructions_per_request": round(len(cands) / n, 2), "accepted_per_request": round(kept.num_rows / n, 2),
-        "truncated": sum(f == "length" for f in finishes),
+        "truncated": sum(f == "length" for f in finishes), "unparsed_examples": unparsed,
     }  # fmt: skip
 
 
@@ -143,7 +146,7 @@ def bench_embedded(n_prompts: int, per_call: int, max_tokens: int, batch: int, o
     from lamini.generate.structured import instructions_schema, schema_text
 
     prompts, seed_texts = _prompts(n_prompts, per_call)
-    schema = schema_text(instructions_schema(per_call))
+    schema = schema_text(instructions_schema(per_call, max_tokens))  # bounded as the pipeline bounds it
     t0 = time.perf_counter()
     engine = HFEngine(HFTeacherConfig(batch_size=batch))
     load_s = time.perf_counter() - t0
@@ -226,8 +229,8 @@ def bench_fake(n_prompts: int, per_call: int, free_text_rate: float) -> dict[str
     from lamini.testing.fake_openai import FakeOpenAIServer
 
     prompts, seed_texts = _prompts(n_prompts, per_call)
-    schema = schema_text(instructions_schema(per_call))
     gen = GenerationParams(max_tokens=1024, temperature=1.0)
+    schema = schema_text(instructions_schema(per_call, gen.max_tokens))
     out: dict[str, Any] = {"prompts": n_prompts, "per_call": per_call, "free_text_rate": free_text_rate, "runs": {}}
     with FakeOpenAIServer() as srv:
         srv.configure(free_text_rate=free_text_rate)

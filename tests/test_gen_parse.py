@@ -222,3 +222,14 @@ def test_json_that_is_not_the_shape_goes_to_the_tag_rules():
     assert out.reason == "ok" and out.instructions == ["Name a planet."]
     # a bracket that opens no JSON: the tags decide
     assert parse_instructions("[1] <example>Name a planet.</example>", "stop").instructions == ["Name a planet."]
+
+
+def test_structured_json_with_raw_line_breaks_and_control_characters_in_strings():
+    """A teacher (or a grammar engine) that writes a multi-line input as is, with a raw line break
+    or tab inside the string: not strict JSON, still the answer; whole and cut off alike."""
+    text = '{"instructions": [{"instruction": "Sum the column.", "input": "a\tb\n1\t2"}, {"instruction": "Say hi\x12.", "input": ""}]}'
+    out = parse_instructions(text, "stop")
+    assert out.reason == "json" and not out.truncated_dropped
+    assert out.instructions == ["Sum the column.:a\tb\n1\t2", "Say hi\x12."]
+    cut = parse_instructions(text[: text.index("Say hi")], "length")
+    assert cut.reason == "json" and cut.instructions == ["Sum the column.:a\tb\n1\t2"] and cut.truncated_dropped

@@ -224,6 +224,33 @@ def test_a_response_schema_constrains_greedy_and_sampled_decoding(tiny_teacher):
         json.loads(out[1].text)
 
 
+@pytest.mark.parametrize("max_tokens", [64, 96])
+def test_the_instruction_schema_bounds_strings_so_a_first_item_closes_in_the_budget(tiny_teacher, max_tokens):
+    """A random 2-layer model sampled at T=1 writes its strings out to their maxLength. Under the
+    schema bounded for the request's max_tokens every answer closes at least its first item, so
+    every answer parses; under the unbounded schema (400 characters a string) not one does."""
+    pytest.importorskip("xgrammar")
+    from lamini.generate.parse import parse_instructions
+    from lamini.generate.structured import (
+        instructions_schema,
+        schema_text,
+        string_bounds,
+    )
+
+    def answers(schema: str) -> list:
+        reqs = [_req(f"Write three tasks, please ({i}).", max_tokens, temperature=1.0, seed=i) for i in range(4)]
+        for r in reqs:
+            r.response_schema = schema
+        return [parse_instructions(r.text, r.finish_reason) for r in tiny_teacher.generate(reqs)]
+
+    bounded = answers(schema_text(instructions_schema(3, max_tokens)))
+    assert all(p.reason == "json" and p.instructions for p in bounded), bounded
+    longest, _ = string_bounds(max_tokens)
+    assert all(len(i) <= 2 * longest + 1 for p in bounded for i in p.instructions)  # "$instruction:$input"
+    unbounded = answers(schema_text(instructions_schema(3)))
+    assert not any(p.instructions for p in unbounded), unbounded
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_writes_instructions_that_parse_under_the_schema():
     """The real default teacher on real generation prompts (Figure 6, three self-instruct seeds),
@@ -248,9 +275,9 @@ def test_embedded_smollm2_writes_instructions_that_parse_under_the_schema():
     spec = GenerationSourceSpec(name="s", mode="example", per_call=2, target=1,
                                 seeds=CorpusSpec(format="self_instruct", path=str(shared_data("self_instruct_seed_tasks.jsonl"))))  # fmt: skip
     prompts = build_prompts(spec, read_corpus(spec.seeds, rejects=RejectLog()), 2, seed=0, round=0).column("prompt").to_pylist()
-    schema = schema_text(instructions_schema(2))
-    teacher = HFEngine(HFTeacherConfig(device="cpu", batch_size=2))
     gen = GenerationParams(max_tokens=320, temperature=0.7, top_p=0.9, seed=1)
+    schema = schema_text(instructions_schema(2, gen.max_tokens))  # bounded as the pipeline bounds it
+    teacher = HFEngine(HFTeacherConfig(device="cpu", batch_size=2))
     results = teacher.generate([build_request(p, None, gen, schema) for p in prompts])
     teacher.close()
     for r in results:

@@ -139,8 +139,9 @@ def _truncated_by_source(outputs: pa.Table) -> dict[str, int]:
     return counts
 
 
-def _with_schema(prompts: pa.Table, structured_output: str) -> pa.Table:
-    """The round's prompts, each carrying the JSON schema of its own per_call when output is constrained."""
+def _with_schema(prompts: pa.Table, structured_output: str, max_tokens: int | None) -> pa.Table:
+    """The round's prompts, each carrying the JSON schema of its own per_call when output is
+    constrained, its strings bounded so that a first item fits in max_tokens."""
     from lamini.generate.structured import (
         RESPONSE_SCHEMA,
         instructions_schema,
@@ -149,7 +150,7 @@ def _with_schema(prompts: pa.Table, structured_output: str) -> pa.Table:
 
     if structured_output == "off":
         return prompts
-    texts = {n: schema_text(instructions_schema(n)) for n in set(prompts.column("per_call").to_pylist())}
+    texts = {n: schema_text(instructions_schema(n, max_tokens)) for n in set(prompts.column("per_call").to_pylist())}
     return prompts.append_column(RESPONSE_SCHEMA, pa.array([texts[n] for n in prompts.column("per_call").to_pylist()], pa.string()))
 
 
@@ -291,7 +292,7 @@ def generate_instructions(cfg: InstructionsConfig) -> GenerationState:
             state.stop_reason = stop
             break
         prompts = pa.concat_tables([tables[name].slice(0, n) for name, n in sizes.items() if n])
-        prompts = _with_schema(prompts, cfg.structured_output)
+        prompts = _with_schema(prompts, cfg.structured_output, cfg.generation.max_tokens)
         log.info("round %d: %d prompts for %s", round_no, prompts.num_rows, [s.name for s in short])
         round_run = RunDir(run.uri_of(rdir))
         done = answer_table(

@@ -136,7 +136,9 @@ def _numbered_items(text: str) -> list[str]:
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*(?:```)?$", re.S | re.IGNORECASE)
-_DECODER = json.JSONDecoder()
+# strict=False: a raw line break or tab inside a string (a multi-line input written as is, which
+# teachers and some grammar engines let through) is read, not a reason to lose the answer.
+_DECODER = json.JSONDecoder(strict=False)
 
 
 def _item_text(item: object) -> str:
@@ -169,7 +171,7 @@ def _json_items(text: str) -> tuple[list[object], bool] | None:
     if not body or body[0] not in "{[":
         return None
     try:
-        data = json.loads(body)
+        data = _DECODER.decode(body)
     except ValueError:
         pass
     else:

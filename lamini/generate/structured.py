@@ -32,19 +32,44 @@ from lamini.engines.structured import RESPONSE_SCHEMA  # noqa: F401 - the column
 # real teacher, and endpoints are sent the schema without it (lamini.engines.structured).
 MAX_INSTRUCTION_CHARS = 400
 MAX_INPUT_CHARS = 400
+# With a token budget (the request's max_tokens) the bounds shrink so that the first item closes
+# within it: otherwise a sampled small teacher that fills both strings (800 characters) under a
+# 128-token budget is cut off inside its first item and the answer gives nothing
+# (benchmarks/README.md, bench_generation: 75% parse rate sampled at 128 tokens). English under
+# SmolLM2's or GPT-2's tokenizer is ~4 characters a token, but the failures are degenerate runs
+# ("1.1.1.1.", one character a token), so the bound assumes one: a token of a byte-level BPE
+# decodes to at least one character unless it splits a multi-byte one. The JSON around the first
+# item (`{"instructions": [{"instruction": "", "input": ""}`) is ~16 tokens under SmolLM2's
+# tokenizer and up to ~30 under a tiny test one. At the shipped offline budget (512) the strings
+# may hold 240 characters each, twice a typical LaMini instruction.
+FRAME_TOKENS = 32
+CHARS_PER_TOKEN_FLOOR = 1.0
+MIN_STRING_CHARS = 32
 
 
-def instructions_schema(n: int) -> dict[str, Any]:
+def string_bounds(max_tokens: int | None) -> tuple[int, int]:
+    """(instruction, input) maxLength for an answer of at most max_tokens (None: no budget)."""
+    if max_tokens is None:
+        return MAX_INSTRUCTION_CHARS, MAX_INPUT_CHARS
+    room = int((max_tokens - FRAME_TOKENS) * CHARS_PER_TOKEN_FLOOR) // 2  # shared by the two strings
+    room = max(MIN_STRING_CHARS, room)
+    return min(MAX_INSTRUCTION_CHARS, room), min(MAX_INPUT_CHARS, room)
+
+
+def instructions_schema(n: int, max_tokens: int | None = None) -> dict[str, Any]:
     """JSON schema of an answer holding exactly n generated instructions (the prompt's "Generate n"),
     each `{instruction, input}`. Exactly n: left to stop after any item, the embedded teacher
-    writes one and stops; held to n, a cut-off answer still keeps every item it closed."""
+    writes one and stops; held to n, a cut-off answer still keeps every item it closed.
+    max_tokens (the request's budget) bounds the strings so that the first item fits in it
+    (string_bounds)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    max_instruction, max_input = string_bounds(max_tokens)
     item = {
         "type": "object",
         "properties": {
-            "instruction": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTION_CHARS},
-            "input": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+            "instruction": {"type": "string", "minLength": 1, "maxLength": max_instruction},
+            "input": {"type": "string", "maxLength": max_input},
         },
         "required": ["instruction", "input"],
         "additionalProperties": False,
@@ -62,4 +87,4 @@ def schema_text(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"))  # key order kept: "instruction" is written before "input"
 
 
-__all__ = ["RESPONSE_SCHEMA", "instructions_schema", "schema_text"]
+__all__ = ["RESPONSE_SCHEMA", "instructions_schema", "schema_text", "string_bounds"]
