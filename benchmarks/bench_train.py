@@ -9,6 +9,8 @@
       batch, accumulation, global batch, clipping, learning-rate schedule and number of
       optimiser steps; fp32 with torch.set_num_threads(N) on CPU (N = the threads our worker
       gets), bf16 autocast on CUDA.
+  (c) CPU: (b) again beside an idle Ray like ours' (run_baseline_beside_ray): a diagnosis of
+      what Ray's own processes cost a loop on this machine, not a target.
 
 Both are measured in steady state: the first W optimiser steps are left out (W = the steps of
 ours' first report, i.e. --log-every). Reported for each: tokens/s over the measured steps'
@@ -18,6 +20,7 @@ timestamped copy). Targets are reported, never asserted.
 
     python benchmarks/bench_train.py                              # CPU, ~2 min on 2 quiet cores
     python benchmarks/bench_train.py --steps 16 --log-every 4     # smoke run, ~75 s
+    python benchmarks/bench_train.py --rounds 3                   # (b), (a), (c) three times; targets read the median
     python benchmarks/bench_train.py --zero-stage 0,2,3           # several ZeRO stages, one baseline
     python benchmarks/bench_train.py --device gpu                 # GPT-2 124M and a 1.1B Llama, bf16, ZeRO-2/3
 
@@ -61,7 +64,7 @@ RAY_TMP = "/tmp/lamini-bench-train"  # short: Ray's unix sockets live under it (
 MODELS_DIR = ROOT / ".cache" / "bench_train"  # built students, reused across runs
 TOKENIZER_DIR = MODELS_DIR / "tiny"  # build_tiny_causal_lm's folder: its tokenizer serves every built model
 
-TARGETS = {"ours_over_baseline": 0.9, "gpu_mfu_1b_bf16": 0.45}
+TARGETS = {"ours_over_baseline": 0.95, "gpu_mfu_1b_bf16": 0.45}
 OTHER_LOAD_WARN = 0.15  # cores busy outside the benchmark above which a contender's numbers are flagged
 
 # Defaults per device; a flag given on the command line wins. GPU sizes are per model: long
@@ -82,6 +85,7 @@ GPU_FALLBACK_SIZES = dict(max_length=1024, micro_batch=8, accum=4)
 
 
 MONITOR: LoadMonitor | None = None
+WORKER_COMM = "ray::RayTrainWo"  # /proc comm of a Ray Train worker (15 characters)
 
 
 def _load(t0: float, t1: float) -> dict[str, float | None]:
@@ -265,7 +269,7 @@ def run_ours(cfg) -> dict[str, Any]:
     t0, m0 = time.perf_counter(), time.monotonic()
     summary = run_train(cfg)
     wall = time.perf_counter() - t0
-    load = _load(m0, time.monotonic())
+    m1 = time.monotonic()
     history = read_history(summary.run_dir)
     if len(history) < 2:
         raise RuntimeError(f"ours reported {len(history)} time(s); need --steps > --log-every for a steady window")
@@ -277,6 +281,12 @@ def run_ours(cfg) -> dict[str, Any]:
     n = int(first["n_params"])
     tps, tps_wall = tokens / step_s, tokens / wall_s
     own_mfu = [h["mfu"] for h in steady if h.get("mfu") is not None]
+    # The measured windows on this clock (the worker stamps each report with Unix time): the load
+    # then, with the training worker's CPU apart from Ray's daemons and actors beside it.
+    to_mono = time.monotonic() - time.time()
+    s0, s1 = first["time"] + to_mono, steady[-1]["time"] + to_mono
+    load = MONITOR.span(s0, s1, apart=WORKER_COMM) if MONITOR else {}
+    actors = MONITOR.ray_actors(s0, s1, exclude=("ray::IDLE", WORKER_COMM)) if MONITOR else []
     return {
         "warmup_steps": first["window_steps"], "steps": steps, "tokens": tokens,
         "step_s": round(step_s, 3), "wall_s": round(wall_s, 3),
@@ -290,7 +300,9 @@ def run_ours(cfg) -> dict[str, Any]:
         "report_overhead_s": round(wall_s - step_s, 3),
         "run_train_wall_s": round(wall, 2),
         "outside_loop_s": round(wall - history[-1]["elapsed_s"], 2),  # ray/dataset/worker start, model load, final checkpoint
-        "load": load,  # over the whole run_train call: the loop's span is not known on this clock
+        "load": load,  # over the measured windows
+        "load_whole_call": _load(m0, m1),
+        "ray_actors_beside": actors,  # Ray's actor processes alive beside the worker in the measured windows
         "history": [{k: h.get(k) for k in ("step", "loss", "lr", "tokens_per_s", "tokens_seen", "window_steps",
                                            "window_s", "elapsed_s", "mfu")} for h in history],
     }
@@ -398,7 +410,7 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     loop_s = time.perf_counter() - t_loop
     for s in per_step:
         s["loss_sum"] = float(s["loss_sum"])
-    load = _load(t_measured, time.monotonic()) if t_measured else {}
+    load = MONITOR.span(t_measured, time.monotonic(), apart=WORKER_COMM) if MONITOR and t_measured else {}
 
     steady = per_step[warmup_steps:]
     tokens = sum(s["tokens"] for s in steady)
@@ -422,6 +434,36 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     gc.collect()
     if gpu:
         torch.cuda.empty_cache()
+    return out
+
+
+def run_baseline_beside_ray(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], warmup_steps: int,
+                            n_actors: int) -> dict[str, Any]:
+    """(c) The plain loop again, beside what Ray keeps running while ours trains: its daemons
+    (raylet, GCS, agents; up since run_train's init_ray) and as many idle actors as ours had
+    beside its worker (Train's controller and placement-group cleaner, Data's split coordinator
+    and stats actors...). Every Ray Python process wakes ~100 times a second (the core worker's
+    signal check), about 1% of a core while idle; on 2 cores those ~0.15 cores slow a loop whose
+    two threads want both. (c) shows what that background costs a plain loop. It is not equal
+    ground for a target: this script's process is then a Ray driver with Ray's own threads, and
+    the actors are fresh, so (c) runs slower than ours does (ours / (c) > 1 in every run so far).
+    ours / (b) stays the target's ratio. Written here because Ray has no switch for any of it."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def ready(self) -> bool:
+            return True
+
+    actors = [Idle.remote() for _ in range(n_actors)]
+    ray.get([a.ready.remote() for a in actors])
+    time.sleep(2)  # their start-up (imports) over before the measured steps
+    try:
+        out = run_baseline(args, cfg, rows, warmup_steps)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    out["idle_actors"] = n_actors
     return out
 
 
@@ -451,7 +493,8 @@ def apply_peak(results: list[dict[str, Any]], peak: float) -> None:
     from lamini.train.flops import mfu
 
     for m in results:
-        for r in [m["baseline"], *m["ours"].values()]:
+        for r in [m["baseline"], *([m["baseline_beside_ray"]] if m.get("baseline_beside_ray") else []),
+                  *m["ours"].values()]:
             if "error" not in r:
                 r["mfu"] = _r(mfu(r["n_params"], r["tokens_per_s"], peak, 1))
                 r["mfu_wall"] = _r(mfu(r["n_params"], r["tokens_per_s_wall"], peak, 1))
@@ -522,20 +565,36 @@ def bench_model(args: argparse.Namespace, spec: str, stages: list[int], work: Pa
         r["vs_baseline"] = compare_windows(r, base)
         r["ratio"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
         r["ratio_wall"] = round(r["tokens_per_s_wall"] / base["tokens_per_s"], 3)
+        # Per core-second the loop was given: ours' worker alone (Ray's daemons and actors apart)
+        # against the baseline's process. Where ours / (b) falls short while this does not, the
+        # difference is CPU that Ray's processes took beside the worker, not our loop.
+        wc, bc = (r.get("load") or {}).get("apart_cores"), (base.get("load") or {}).get("bench_cores")
+        if wc and bc:
+            r["ratio_per_core"] = round((r["tokens_per_s"] / wc) / (base["tokens_per_s"] / bc), 3)
         ours[z] = r
         print(f"      {r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_wall']:,.0f} incl. reports), "
               f"ours/baseline {r['ratio']:.2f}", flush=True)
+    ok = [r for r in ours.values() if "error" not in r]
+    beside = None
+    if ok and args.device == "cpu" and not args.no_beside_ray:
+        n = len(ok[0]["ray_actors_beside"])
+        print(f"  (c) baseline beside Ray: the plain loop again, Ray's daemons and {n} idle actors up ...", flush=True)
+        beside = run_baseline_beside_ray(args, any_cfg, rows, args.log_every, n)
+        for r in ok:
+            r["ratio_beside_ray"] = round(r["tokens_per_s"] / beside["tokens_per_s"], 3)
+        print(f"      {beside['tokens_per_s']:,.0f} tok/s, {beside['s_per_step']:.3f} s/step; ours/(c) "
+              f"{', '.join(str(r['ratio_beside_ray']) for r in ok)}", flush=True)
     # run_train started a local Ray from cfg.ray (init_ray) and every stage reused it; stop it so
     # the next model's baseline runs with no Ray processes beside it.
     import ray
 
     ray.shutdown()
-    if ok := [r for r in ours.values() if "error" not in r]:
+    if ok:
         windows = ok[0]["vs_baseline"]["windows"]
         base["loss_first"], base["loss_last"] = windows[0]["baseline_loss"], windows[-1]["baseline_loss"]
     return {"model": spec, "model_dir": str(model_dir), "n_params": base["n_params"], "sizes": sizes,
             "global_batch": global_batch, "rows": len(rows), "data": "synthetic" if args.synthetic else str(corpus),
-            "baseline": base, "ours": {f"zero{z}": r for z, r in ours.items()}}
+            "baseline": base, "baseline_beside_ray": beside, "ours": {f"zero{z}": r for z, r in ours.items()}}
 
 
 # ------------------------------------------------------------------------------ report
@@ -545,16 +604,37 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def targets(results: list[dict[str, Any]], gpu: bool) -> dict[str, bool]:
-    met = {}
+def medians(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model and stage, over the rounds: every ratio and their median (what the targets read)."""
+    import statistics
+
+    out: dict[str, dict[str, Any]] = {}
     for m in results:
         for stage, r in m["ours"].items():
             if "error" in r:
                 continue
-            if not gpu:
-                met[f"ours/baseline>={TARGETS['ours_over_baseline']} {m['model']} {stage}"] = (
-                    r["ratio"] >= TARGETS["ours_over_baseline"])
-            elif m["n_params"] >= 0.9e9 and r["mfu"] is not None:
+            e = out.setdefault(f"{m['model']} {stage}", {"ratio": [], "ratio_per_core": [], "ratio_beside_ray": []})
+            for k in e:
+                if k in r:
+                    e[k].append(r[k])
+    for e in out.values():
+        for k in ("ratio", "ratio_per_core", "ratio_beside_ray"):
+            e[f"{k}_median"] = round(statistics.median(e[k]), 3) if e[k] else None
+    return out
+
+
+def targets(results: list[dict[str, Any]], gpu: bool) -> dict[str, bool]:
+    met = {}
+    want = TARGETS["ours_over_baseline"]
+    if not gpu:
+        for key, e in medians(results).items():
+            # Against (b) only: (c) is a diagnosis of where the time goes, not a fairer target.
+            met[f"ours/baseline>={want} {key} (median of {len(e['ratio'])})"] = e["ratio_median"] >= want
+    for m in results:
+        for stage, r in m["ours"].items():
+            if "error" in r:
+                continue
+            if gpu and m["n_params"] >= 0.9e9 and r["mfu"] is not None:
                 met[f"MFU>={TARGETS['gpu_mfu_1b_bf16']:.0%} {m['model']} {stage}"] = r["mfu"] >= TARGETS["gpu_mfu_1b_bf16"]
     return met
 
@@ -569,8 +649,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"{report['background_load_cores']['after']}; load average {report['loadavg']['before']} -> {report['loadavg']['after']}")
     print("tok/s   tokens (padding excluded) / time of the measured steps (the first W steps left out);")
     print("wall    the same over wall time, ours' reports between the windows included; MFU = 6*N*tok/s / peak;")
-    print("x base  ours' tok/s / baseline's tok/s (steps / wall);")
-    print("other   cores busy in processes outside this benchmark (baseline: measured steps; ours: whole call);")
+    print("x base  ours' tok/s / baseline's tok/s (steps / wall); (c) is (b) again beside an idle Ray like ours';")
+    print("other   cores busy in processes outside this benchmark (over the measured steps);")
     print("loss    mean loss of the first and last report windows (baseline: the same windows).")
     print()
     head = (f"{'model':<18} {'contender':<22} {'W':>3} {'steps':>5} {'tokens':>8} {'tok/s':>9} {'wall':>9} "
@@ -580,8 +660,10 @@ def print_table(report: dict[str, Any]) -> None:
     for m in report["results"]:
         b = m["baseline"]
         name = f"{m['model']} {m['n_params'] / 1e6:.1f}M"
-        rows = [("(b) baseline torch", b, None)] + [(f"(a) ours {k.replace('zero', 'ZeRO-')}", r, r)
-                                                    for k, r in m["ours"].items()]
+        rows = [("(b) baseline torch", b, None)]
+        if m.get("baseline_beside_ray"):
+            rows.append(("(c) baseline by Ray", m["baseline_beside_ray"], None))
+        rows += [(f"(a) ours {k.replace('zero', 'ZeRO-')}", r, r) for k, r in m["ours"].items()]
         for label, r, o in rows:
             if "error" in r:
                 print(f"{name:<18} {label:<22} failed: {r['error'][:90]}")
@@ -593,6 +675,17 @@ def print_table(report: dict[str, Any]) -> None:
                   f"{r['tokens_per_s']:>9,.0f} {r['tokens_per_s_wall']:>9,.0f} {r['s_per_step']:>7.3f} "
                   f"{_pct(r['mfu']):>6} {_pct(r['mfu_wall']):>6} {ratio:>11} {fmt(r['load'].get('other_cores'), '.2f'):>5} "
                   f"{loss:>17} {same:>8}")
+        for k, r in m["ours"].items():
+            if "error" not in r and "ratio_per_core" in r:
+                ld = r["load"]
+                side = ""
+                if "ratio_beside_ray" in r:
+                    side = (f"; ours / (c) baseline beside Ray {r['ratio_beside_ray']:.2f} (Ray's processes took "
+                            f"{fmt((m['baseline_beside_ray']['load'] or {}).get('aux_cores'), '.2f')} cores beside (c))")
+                print(f"{'':<18} ours {k}: in its measured windows the worker had {fmt(ld.get('apart_cores'), '.2f')} "
+                      f"cores, Ray's daemons and {len(r['ray_actors_beside'])} actors beside it "
+                      f"{fmt(ld.get('aux_cores'), '.2f')}, the baseline {fmt(b['load'].get('bench_cores'), '.2f')}; "
+                      f"ours/baseline per core {r['ratio_per_core']:.2f}{side}")
         for k, r in m["ours"].items():
             if "error" not in r:
                 print(f"{'':<18} ours {k}: run_train {r['run_train_wall_s']:.1f} s, of which outside the loop "
@@ -608,6 +701,9 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"\nWARNING: other processes shared the machine during: {'; '.join(noisy)}. Those numbers are "
               "not clean; run again when the machine is quiet.")
     print()
+    for key, e in report.get("medians", {}).items():
+        print(f"{key}: ours/(b) {e['ratio']} median {e['ratio_median']}; per core {e['ratio_per_core']} median "
+              f"{e['ratio_per_core_median']}; ours/(c) {e['ratio_beside_ray']} median {e['ratio_beside_ray_median']}")
     print("targets: " + ("; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets"]["met"].items())
                          or "none measured"))
 
@@ -661,6 +757,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=1,
                    help="run ours again after a failure, e.g. Ray Train's PlacementGroupCleaner killing the run when "
                         "another Ray runs on the machine (default 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat baseline, ours (and (c)) this many times; targets read the median ratio")
+    p.add_argument("--no-beside-ray", action="store_true",
+                   help="CPU: skip (c), the plain loop run again beside Ray's daemons and idle actors")
     p.add_argument("--keep", action="store_true", help="keep the work folder (run dirs, synthetic data)")
     args = p.parse_args(argv)
     defaults = GPU_DEFAULTS if args.device == "gpu" else CPU_DEFAULTS
@@ -704,8 +804,11 @@ def main(argv: list[str] | None = None) -> None:
     global MONITOR
     try:
         with LoadMonitor() as MONITOR:
-            for spec in args.models:
-                results.append(bench_model(args, spec, args.stages, work))
+            for rnd in range(args.rounds):  # rounds interleave the contenders: the host's speed drifts
+                for spec in args.models:
+                    if args.rounds > 1:
+                        print(f"\n-- round {rnd + 1} of {args.rounds}", flush=True)
+                    results.append({**bench_model(args, spec, args.stages, work), "round": rnd + 1})
     finally:
         MONITOR = None
         ray.shutdown()
@@ -729,7 +832,7 @@ def main(argv: list[str] | None = None) -> None:
             "steps": args.steps, "log_every": args.log_every, "warmup_steps_left_out": args.log_every,
             "threads": args.threads, "ray_num_cpus": args.ray_cpus, "synthetic": args.synthetic, "lr": args.lr,
             "torch_adam": args.torch_adam, "micro_batch": args.micro_batch, "accum": args.accum,
-            "max_length": args.max_length, "ray_temp_dir": RAY_TMP,
+            "max_length": args.max_length, "ray_temp_dir": RAY_TMP, "rounds": args.rounds,
         },
         "definitions": {
             "tokens_per_s": "tokens (attention-mask ones) of the steps after the first W / their time. ours: sum of "
@@ -743,10 +846,18 @@ def main(argv: list[str] | None = None) -> None:
             "same_tokens": "baseline tokens per ours' report window equal ours' tokens_seen deltas (identical streams)",
             "load": "mean cores busy from /proc, sampled every second: machine, bench (this script's process tree, "
                     "Ray included), other (the rest: load from outside the benchmark; approximate); baseline over "
-                    "its measured steps, ours over the whole run_train call",
+                    "its measured steps, ours over its measured windows (load_whole_call: the whole run_train call); "
+                    "apart_cores: the Ray Train worker alone, aux_cores: the rest of the tree but this script (Ray's "
+                    "daemons and actors)",
+            "baseline_beside_ray": "(c): the plain loop again after ours, Ray still up, with as many idle actors as ours "
+                                   "had beside its worker (ray_actors_beside); ratio_beside_ray = ours / (c)",
+            "ratio_per_core": "(ours tokens_per_s / its worker's apart_cores) / (baseline tokens_per_s / its bench_cores): "
+                              "the loops per core-second they were given, Ray's processes beside ours left out",
+            "rounds": "--rounds N repeats (b), (a), (c) N times; targets read the median ratio over the rounds",
         },
         "results": results,
     }
+    report["medians"] = medians(results)
     report["targets"] = {"wanted": TARGETS, "met": targets(results, gpu)}
     print_table(report)
     for path in save(report, Path(args.out), args.save_as):

@@ -49,6 +49,7 @@ class LoadMonitor:
 
         self.interval = interval
         self.samples: list[tuple[float, float, dict[int, float]]] = []
+        self.names: dict[int, str] = {}  # pid -> last /proc comm of the tree's processes ("ray::RayTrainWo", "raylet")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load-monitor", daemon=True)
 
@@ -78,7 +79,19 @@ class LoadMonitor:
         return {pid: cpu[pid] for pid in tree if pid in cpu}
 
     def _sample(self) -> None:
-        self.samples.append((time.monotonic(), machine_busy_s(), self._tree_cpu()))
+        tree = self._tree_cpu()
+        for pid in tree:  # read each time: a Ray worker renames itself ("python", "ray::IDLE", "ray::<Actor>")
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    self.names[pid] = f.read().strip()
+            except OSError:
+                pass
+        self.samples.append((time.monotonic(), machine_busy_s(), tree))
+
+    def ray_actors(self, t0: float, t1: float, exclude: tuple[str, ...] = ("ray::IDLE",)) -> list[str]:
+        """Names of the Ray actor/worker processes (comm "ray::...") of the tree alive inside [t0, t1]."""
+        pids = {pid for t, _, cpu in self.samples if t0 <= t <= t1 for pid in cpu}
+        return sorted(n for pid in pids if (n := self.names.get(pid, "")).startswith("ray::") and n not in exclude)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -93,22 +106,36 @@ class LoadMonitor:
         self._stop.set()
         self._thread.join()
 
-    def span(self, t0: float, t1: float) -> dict[str, float | None]:
-        """Mean cores busy over the sample intervals inside [t0, t1]: machine, this tree, other (and other's max)."""
+    def span(self, t0: float, t1: float, apart: str | None = None) -> dict[str, float | None]:
+        """Mean cores busy over the sample intervals inside [t0, t1]: machine, this tree, other (and other's max).
+
+        apart: a process name (comm) whose CPU is also given alone (`apart_cores`), with the
+        tree's rest other than this script (`aux_cores`: for ours, Ray's daemons and actors)."""
         self._sample()
         pts = sorted((x for x in self.samples if t0 - self.interval / 2 <= x[0] <= t1 + self.interval / 2),
                      key=lambda x: x[0])  # the thread and span() both append
         if len(pts) < 2:
             return {"machine_cores": None, "bench_cores": None, "other_cores": None, "other_cores_max": None}
-        other_max, machine, bench = 0.0, 0.0, 0.0
+        other_max, machine, bench, alone, aux = 0.0, 0.0, 0.0, 0.0, 0.0
+        me = os.getpid()
         for (ta, ma, ca), (tb, mb, cb) in pairwise(pts):
             dm = mb - ma
             dc = sum(c - ca.get(pid, 0.0) for pid, c in cb.items())
             machine, bench = machine + dm, bench + dc
             other_max = max(other_max, (dm - dc) / max(tb - ta, 1e-9))
+            if apart:
+                for pid, c in cb.items():
+                    d = c - ca.get(pid, 0.0)
+                    if self.names.get(pid) == apart:
+                        alone += d
+                    elif pid != me:
+                        aux += d
         dt = pts[-1][0] - pts[0][0]
-        return {"machine_cores": round(machine / dt, 2), "bench_cores": round(bench / dt, 2),
-                "other_cores": round(max(0.0, machine - bench) / dt, 2), "other_cores_max": round(other_max, 2)}
+        out = {"machine_cores": round(machine / dt, 2), "bench_cores": round(bench / dt, 2),
+               "other_cores": round(max(0.0, machine - bench) / dt, 2), "other_cores_max": round(other_max, 2)}
+        if apart:
+            out.update(apart=apart, apart_cores=round(alone / dt, 2), aux_cores=round(aux / dt, 2))
+        return out
 
 
 def background_load(seconds: float = 1.0) -> float:

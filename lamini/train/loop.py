@@ -196,6 +196,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             metrics["eval_s"] = time.perf_counter() - t_eval
         metrics["checkpoint"] = save
         metrics["elapsed_s"] = time.perf_counter() - t_start  # wall time incl. reports and checkpoints
+        metrics["time"] = time.time()  # when (Unix time): lines up with other logs and monitors
         state.history.append(metrics)
         if save:
             with tempfile.TemporaryDirectory() as tmp:
