@@ -93,6 +93,15 @@ def _load(t0: float, t1: float) -> dict[str, float | None]:
     return MONITOR.span(t0, t1) if MONITOR else {}
 
 
+def _worker_load(t0: float, t1: float) -> tuple[dict[str, float | None], list[str]]:
+    """Over [t0, t1] (time.monotonic): the load with a Ray Train worker's CPU apart, and the Ray
+    actor processes alive beside it."""
+    if not MONITOR:
+        return {}, []
+    return (MONITOR.span(t0, t1, apart=WORKER_COMM),
+            MONITOR.ray_actors(t0, t1, exclude=("ray::IDLE", WORKER_COMM)))
+
+
 def peak_flops(precision: str, override_tflops: float | None, tries: int) -> tuple[float, str, list[float]]:
     """(peak FLOP/s of one device, how obtained, every reading).
 
@@ -285,9 +294,7 @@ def run_ours(cfg) -> dict[str, Any]:
     # The measured windows on this clock (the worker stamps each report with Unix time): the load
     # then, with the training worker's CPU apart from Ray's daemons and actors beside it.
     to_mono = time.monotonic() - time.time()
-    s0, s1 = first["time"] + to_mono, steady[-1]["time"] + to_mono
-    load = MONITOR.span(s0, s1, apart=WORKER_COMM) if MONITOR else {}
-    actors = MONITOR.ray_actors(s0, s1, exclude=("ray::IDLE", WORKER_COMM)) if MONITOR else []
+    load, actors = _worker_load(first["time"] + to_mono, steady[-1]["time"] + to_mono)
     return {
         "warmup_steps": first["window_steps"], "steps": steps, "tokens": tokens,
         "step_s": round(step_s, 3), "wall_s": round(wall_s, 3),
@@ -369,7 +376,7 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     model.train()
     per_step: list[dict[str, Any]] = []
     step, epoch = 0, 0
-    t_measured = unix_measured = None
+    t_measured = None
     sync()
     t_loop = t_prev = time.perf_counter()
     while step < args.steps:
@@ -403,7 +410,7 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
                              "lr": base_lrs[0] * ratio, "s": now - t_prev})
             t_prev = now
             if step == warmup_steps:
-                t_measured, unix_measured = time.monotonic(), time.time()
+                t_measured = time.monotonic()
         epoch += 1
         if not stepped:
             raise RuntimeError(f"an epoch gave no full optimiser step ({micro} x {accum} examples); encoder stats "
@@ -411,7 +418,8 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
     loop_s = time.perf_counter() - t_loop
     for s in per_step:
         s["loss_sum"] = float(s["loss_sum"])
-    load = MONITOR.span(t_measured, time.monotonic(), apart=WORKER_COMM) if MONITOR and t_measured else {}
+    t_end = time.monotonic()
+    load = MONITOR.span(t_measured, t_end, apart=WORKER_COMM) if MONITOR and t_measured else {}
 
     steady = per_step[warmup_steps:]
     tokens = sum(s["tokens"] for s in steady)
@@ -429,7 +437,9 @@ def run_baseline(args: argparse.Namespace, cfg, rows: list[tuple[str, str]], war
         "load_s": round(load_s, 2), "loop_s": round(loop_s, 2), "epochs": epoch,
         "optimizer": "torch.optim.AdamW(fused=True)" if fused else "torch.optim.AdamW(foreach=default)",
         "load": load,  # over the measured steps
-        "measured_unix": [unix_measured, time.time()],
+        # CLOCK_MONOTONIC is one clock for every process on the machine: when run in a Ray
+        # worker ((c)), the driver's monitor reads this span as it is.
+        "measured_monotonic": [t_measured, t_end],
         "per_step": [{k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in s.items()} for s in per_step],
     }
     del model, opt
@@ -475,11 +485,8 @@ def run_plain_in_ray(args: argparse.Namespace, cfg, rows: list[tuple[str, str]],
         run_config=ray.train.RunConfig(name=name, storage_path=str(storage)),
     ).fit()
     out = json.loads(out_file.read_text())
-    to_mono = time.monotonic() - time.time()
-    s0, s1 = (t + to_mono for t in out["measured_unix"])
     if MONITOR:
-        out["load"] = MONITOR.span(s0, s1, apart=WORKER_COMM)
-        out["ray_actors_beside"] = MONITOR.ray_actors(s0, s1, exclude=("ray::IDLE", WORKER_COMM))
+        out["load"], out["ray_actors_beside"] = _worker_load(*out["measured_monotonic"])
     return out
 
 

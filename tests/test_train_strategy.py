@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 
 import pytest
@@ -15,25 +14,18 @@ from lamini.train.config import TrainConfig
 
 
 @pytest.fixture
-def one_rank():
+def one_rank(monkeypatch):
     import torch.distributed as dist
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                 "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
     dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    yield
+    dist.destroy_process_group()
 
 
 def test_one_rank_zero0_engine_skips_the_self_allreduce_and_trains_like_plain_torch(one_rank, tiny_lms):
@@ -50,7 +42,8 @@ def test_one_rank_zero0_engine_skips_the_self_allreduce_and_trains_like_plain_to
     torch.manual_seed(0)
     cfg = TrainConfig.model_validate({
         "name": "s", "run_dir": "unused", "model": {"base": str(tiny_lms.causal)},
-        "data": {"corpora": [{"format": "alpaca", "path": "unused.json"}], "max_length": 160}, "optim": {"lr": 3e-3, "max_grad_norm": 0.5},
+        "data": {"corpora": [{"format": "alpaca", "path": "unused.json"}], "max_length": 160},
+        "optim": {"lr": 3e-3, "max_grad_norm": 0.5},
         "global_batch_size": 4, "micro_batch_size": 2, "max_steps": 4,
     })
     tokenizer = AutoTokenizer.from_pretrained(tiny_lms.causal)
